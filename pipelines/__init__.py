@@ -1,0 +1,1 @@
+"""Input: COCO-format reading, TFRecords, the shapes dataset, on-graph augmentation and batching."""
