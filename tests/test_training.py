@@ -1,0 +1,254 @@
+"""Tests for mrcnn_tf2.training: LR schedule, optimizer weight decay, strategies, checkpoints, TensorBoard."""
+
+import glob
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mrcnn_tf2 import training
+from mrcnn_tf2.config import TrainConfig
+
+
+def _reference_lr(step, base, total, warmup, factor, schedule, fractions, rate):
+    """Plain-Python reference of the documented schedule."""
+    w = factor + (1 - factor) * min(step / warmup, 1.0) if warmup > 0 else 1.0
+    if schedule == "step":
+        d = rate ** sum(step >= int(f * total) for f in fractions)
+    else:
+        t = min(max((step - warmup) / max(total - warmup, 1), 0.0), 1.0)
+        d = 0.5 * (1 + math.cos(math.pi * t))
+    return base * w * d
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_schedule_matches_reference(schedule):
+    args = dict(base=0.04, total=1000, warmup=100, factor=0.01, schedule=schedule,
+                fractions=(0.5, 0.8), rate=0.1)
+    sched = training.learning_rate_schedule(0.04, 1000, 100, 0.01, schedule, (0.5, 0.8), 0.1)
+    for step in [0, 1, 50, 99, 100, 101, 499, 500, 650, 799, 800, 999, 1000, 1200]:
+        got = float(sched(tf.constant(step, tf.int64)))
+        assert got == pytest.approx(_reference_lr(step, **args), rel=1e-5, abs=1e-9), step
+
+
+def test_schedule_hand_values():
+    sched = training.learning_rate_schedule(0.1, 100, 10, 0.0, "step", (0.5,), 0.1)
+    assert float(sched(0)) == pytest.approx(0.0)
+    assert float(sched(5)) == pytest.approx(0.05)
+    assert float(sched(10)) == pytest.approx(0.1)
+    assert float(sched(49)) == pytest.approx(0.1)
+    assert float(sched(50)) == pytest.approx(0.01)
+    cos = training.learning_rate_schedule(0.1, 110, 10, 1.0, "cosine", (), 0.1)
+    assert float(cos(10)) == pytest.approx(0.1)
+    assert float(cos(60)) == pytest.approx(0.05)
+    assert float(cos(110)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_schedule_serialization_roundtrip():
+    sched = training.learning_rate_schedule(0.02, 500, 20, 0.001, "step", (0.6, 0.9), 0.1)
+    config = keras.optimizers.schedules.serialize(sched)
+    json.dumps(config)
+    restored = keras.optimizers.schedules.deserialize(config)
+    assert isinstance(restored, training.WarmupDecaySchedule)
+    assert restored.get_config() == sched.get_config()
+    for step in (0, 10, 300, 460):
+        assert float(restored(step)) == pytest.approx(float(sched(step)))
+    opt = keras.optimizers.SGD(learning_rate=sched, momentum=0.9)
+    opt2 = keras.optimizers.SGD.from_config(json.loads(json.dumps(opt.get_config())))
+    assert float(opt2.learning_rate) == pytest.approx(float(sched(0)))
+
+
+def test_scaled_learning_rate():
+    assert training.scaled_learning_rate(0.02, 8, 16) == pytest.approx(0.01)
+    assert training.scaled_learning_rate(0.02, 64, 16) == pytest.approx(0.08)
+    with pytest.raises(ValueError):
+        training.scaled_learning_rate(0.02, 0, 16)
+
+
+def _norm_model():
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(4, 1, use_bias=False, name="conv_nobias")(x)
+    x = keras.layers.GroupNormalization(groups=2, name="gn")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(2, name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    for v in model.variables:  # non-zero everywhere, so that a decayed zero cannot look untouched
+        v.assign(rng.uniform(0.5, 1.5, v.shape).astype("float32"))
+    return model
+
+
+def test_weight_decay_skips_norm_and_bias():
+    cfg = TrainConfig(learning_rate=0.1, reference_batch_size=4, momentum=0.9, weight_decay=0.01,
+                      warmup_steps=10, warmup_factor=0.5, schedule="step", steps=100)
+    model = _norm_model()
+    opt = training.build_optimizer(cfg, global_batch_size=8)
+    assert isinstance(opt, keras.optimizers.SGD) and opt.momentum == pytest.approx(0.9)
+    assert opt.clipnorm is None and opt.global_clipnorm is None and opt.clipvalue is None
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    opt.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    lr0 = 0.1 * 8 / 4 * 0.5  # scaled base LR times the warm-up factor at step 0
+    decayed = {"conv/kernel", "conv_nobias/kernel", "dense/kernel"}
+    untouched = {"conv/bias", "bn/gamma", "bn/beta", "gn/gamma", "gn/beta", "dense/bias"}
+    assert set(before) == decayed | untouched
+    for v in model.trainable_variables:
+        if v.path in decayed:
+            np.testing.assert_allclose(v.numpy(), before[v.path] * (1 - lr0 * 0.01), rtol=1e-6)
+            assert not np.allclose(v.numpy(), before[v.path], rtol=1e-7, atol=0)
+        else:
+            np.testing.assert_array_equal(v.numpy(), before[v.path], err_msg=v.path)
+
+
+def test_no_decay_pattern_names():
+    import re
+
+    pattern = re.compile(training.NO_DECAY_PATTERN)
+    for name in ["gamma", "beta", "bias", "dense/bias:0", "bn/gamma:0"]:
+        assert pattern.search(name), name
+    for name in ["kernel", "depthwise_kernel", "alphabet", "beta_kernel", "bias_kernel", "dense/kernel:0"]:
+        assert not pattern.search(name), name
+
+
+def test_float16_wraps_loss_scale_optimizer():
+    cfg = TrainConfig(steps=100, warmup_steps=5)
+    opt = training.build_optimizer(cfg, 16, mixed_precision="float16")
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(opt.inner_optimizer, keras.optimizers.SGD)
+    assert isinstance(training.build_optimizer(cfg, 16, "bfloat16"), keras.optimizers.SGD)
+    with pytest.raises(ValueError):
+        training.build_optimizer(cfg, 16, "float8")
+
+
+def test_one_device_and_mirrored_strategies():
+    one = training.create_strategy("one_device")
+    assert one.num_replicas_in_sync == 1
+    mirrored = training.create_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 2  # the two logical CPUs of conftest.py
+
+    def replica_value():
+        return tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group + 1, tf.float32)
+
+    total = mirrored.reduce(tf.distribute.ReduceOp.SUM, mirrored.run(replica_value), axis=None)
+    assert float(total) == 3.0
+
+
+def test_strategy_errors(monkeypatch):
+    with pytest.raises(training.StrategyError, match="unknown strategy"):
+        training.create_strategy("horovod")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(training.StrategyError, match="TF_CONFIG"):
+        training.create_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(training.StrategyError, match="not valid JSON"):
+        training.create_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]},
+                                                "task": {"type": "worker", "index": 3}}))
+    with pytest.raises(training.StrategyError, match="does not name a member"):
+        training.create_strategy("multi_worker")
+
+
+def _tiny_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(1)])
+    return model
+
+
+def _train_steps(model, opt, n, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        x = tf.constant(rng.normal(size=(8, 3)), tf.float32)
+        y = tf.constant(rng.normal(size=(8, 1)), tf.float32)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((model(x) - y) ** 2)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+
+
+def test_checkpoint_keep_last_and_restore(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = _tiny_model()
+    opt = keras.optimizers.SGD(0.1, momentum=0.9)
+    keeper = training.CheckpointKeeper(str(tmp_path), model, opt, max_to_keep=1)
+    assert keeper.latest_path() is None and keeper.restore_latest() is None
+    _train_steps(model, opt, 3)
+    keeper.save(3, epoch=0)
+    _train_steps(model, opt, 3, seed=1)
+    path = keeper.save(6, epoch=1)
+    assert path.endswith(os.path.join("checkpoints", "ckpt-6"))
+    assert keeper.save(6, epoch=1) == path  # same step, same epoch: not rewritten
+    weights6 = [w.copy() for w in model.get_weights()]
+    slots6 = [v.numpy().copy() for v in opt.variables]
+    files = sorted(os.path.basename(f) for f in glob.glob(str(tmp_path / "checkpoints" / "ckpt-*")))
+    assert files and all(f.startswith("ckpt-6.") for f in files), files
+
+    fresh = _tiny_model()
+    fresh_opt = keras.optimizers.SGD(0.1, momentum=0.9)
+    fresh_opt.build(fresh.trainable_variables)
+    other = training.CheckpointKeeper(str(tmp_path), fresh, fresh_opt, max_to_keep=1)
+    assert other.restore_latest() == path
+    for a, b in zip(fresh.get_weights(), weights6):
+        np.testing.assert_array_equal(a, b)
+    assert int(fresh_opt.iterations.numpy()) == 6
+    for a, b in zip(fresh_opt.variables, slots6):
+        np.testing.assert_array_equal(a.numpy(), b)
+    assert int(other.step.numpy()) == 6 and int(other.epoch.numpy()) == 1
+    assert other.restore(str(tmp_path / "checkpoints")) == path  # a directory means its newest
+    with pytest.raises(FileNotFoundError):
+        other.restore(str(tmp_path / "checkpoints" / "ckpt-3"))
+
+
+def test_checkpoint_refuses_non_finite(tmp_path):
+    model = _tiny_model()
+    opt = keras.optimizers.SGD(0.1)
+    keeper = training.CheckpointKeeper(str(tmp_path), model, opt, max_to_keep=2)
+    good = keeper.save(1)
+    kernel = model.layers[0].kernel
+    value = kernel.numpy()
+    value[0, 0] = np.nan
+    kernel.assign(value)
+    with pytest.raises(training.NonFiniteWeightsError, match=r"ckpt-1"):
+        keeper.save(2)
+    assert keeper.latest_path() == good
+    assert not glob.glob(str(tmp_path / "checkpoints" / "ckpt-2*"))
+
+
+def _read_events(directory):
+    events = []
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            events.append(tf.compat.v1.Event.FromString(record.numpy()))
+    return events
+
+
+def test_tensorboard_logger_writes_scalars_and_images(tmp_path):
+    logger = training.TensorBoardLogger(str(tmp_path), enabled=True)
+    logger.scalars("train", {"loss_total": 1.5, "learning_rate": np.float32(0.01)}, step=7)
+    logger.scalars("eval", {"bbox/AP": tf.constant(0.25)}, step=7)
+    logger.images("eval", "predictions", np.zeros((2, 8, 8, 3), np.uint8), step=7)
+    logger.flush()
+    values = {}
+    for event in _read_events(str(tmp_path / "train")) + _read_events(str(tmp_path / "eval")):
+        for v in event.summary.value:
+            values[v.tag] = (event.step, tf.make_ndarray(v.tensor) if v.HasField("tensor") else None)
+    assert values["loss_total"][0] == 7 and float(values["loss_total"][1]) == pytest.approx(1.5)
+    assert float(values["learning_rate"][1]) == pytest.approx(0.01)
+    assert float(values["bbox/AP"][1]) == pytest.approx(0.25)
+    assert "predictions" in values
+    with pytest.raises(ValueError):
+        logger.images("eval", "bad", np.zeros((2, 8, 8, 3), np.float32), step=1)
+    logger.close()
+
+
+def test_tensorboard_logger_disabled_writes_nothing(tmp_path):
+    logger = training.TensorBoardLogger(str(tmp_path / "run"), enabled=False)
+    logger.scalars("train", {"loss": 1.0}, step=1)
+    logger.images("eval", "x", np.zeros((1, 4, 4, 3), np.uint8), step=1)
+    logger.flush()
+    logger.close()
+    assert not os.path.exists(tmp_path / "run")
