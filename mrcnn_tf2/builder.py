@@ -1,0 +1,69 @@
+"""build_model(cfg): the only code that reads config objects and turns them into layers."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from mrcnn_tf2 import config as config_lib
+from mrcnn_tf2.layers.backbone import build_backbone
+from mrcnn_tf2.layers.box_head import BoxHead
+from mrcnn_tf2.layers.detections import DetectionGenerator
+from mrcnn_tf2.layers.fpn import FPN
+from mrcnn_tf2.layers.mask_head import MaskHead
+from mrcnn_tf2.layers.proposals import ProposalGenerator
+from mrcnn_tf2.layers.roi_sampler import ROISampler
+from mrcnn_tf2.layers.rpn_head import RPNHead
+from mrcnn_tf2.model import MaskRCNN, default_image_info
+
+
+def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
+    """Builds a MaskRCNN from a validated config (call it under ``strategy.scope()`` to distribute).
+
+    Args:
+      cfg: the full config (``config.preset(...)`` / ``config.load(...)``).
+      build: run one dummy forward pass so that every variable exists (needed before restoring
+        a checkpoint or building an optimizer).
+
+    Returns:
+      The model; its variables are randomly initialised (ImageNet weights are loaded separately
+      with `layers.backbone.load_backbone_weights`).
+    """
+    config_lib.validate(cfg)
+    m = cfg.model
+    size = m.image_size
+    backbone = build_backbone(m.backbone, norm=m.norm, train_layers=m.train_layers, image_size=size,
+                              gn_groups=m.gn_groups)
+    fpn = FPN(min_level=m.min_level, max_level=m.max_level, num_channels=m.fpn_channels,
+              norm="gn" if m.norm == "gn" else None, gn_groups=m.gn_groups, name="fpn")
+    rpn_head = RPNHead(num_anchors=len(m.aspect_ratios), num_channels=m.fpn_channels,
+                       num_convs=m.rpn.head_convs, name="rpn_head")
+    proposals_train = ProposalGenerator(m.rpn.pre_nms_topk_train, m.rpn.post_nms_topk_train,
+                                        m.rpn.nms_iou_threshold, m.rpn.min_box_size, size, name="proposals_train")
+    proposals_test = ProposalGenerator(m.rpn.pre_nms_topk_test, m.rpn.post_nms_topk_test,
+                                       m.rpn.nms_iou_threshold, m.rpn.min_box_size, size, name="proposals_test")
+    roi_sampler = ROISampler(m.roi.rois_per_image, m.roi.positive_fraction, m.roi.fg_iou_threshold,
+                             m.roi.bg_iou_threshold, m.roi.box_weights, name="roi_sampler")
+    box_head = BoxHead(m.num_classes, fc_dim=m.roi.box_head_dim, name="box_head")
+    mask_head = MaskHead(m.num_classes, num_convs=m.roi.mask_head_convs, num_channels=m.roi.mask_head_channels,
+                         name="mask_head")
+    detection_generator = DetectionGenerator(m.detection.max_detections, m.detection.score_threshold,
+                                             m.detection.nms_iou_threshold, m.detection.pre_nms_topk,
+                                             m.roi.box_weights, size, name="detection_generator")
+    model = MaskRCNN(
+        backbone, fpn, rpn_head, proposals_train, proposals_test, roi_sampler, box_head, mask_head,
+        detection_generator, image_size=size, min_level=m.min_level, max_level=m.max_level,
+        anchor_sizes=m.anchor_sizes, aspect_ratios=m.aspect_ratios,
+        rpn_fg_iou_threshold=m.rpn.fg_iou_threshold, rpn_bg_iou_threshold=m.rpn.bg_iou_threshold,
+        rpn_anchors_per_image=m.rpn.anchors_per_image, rpn_positive_fraction=m.rpn.positive_fraction,
+        box_pool_size=m.roi.box_pool_size, mask_pool_size=m.roi.mask_pool_size,
+        canonical_size=m.roi.canonical_size, canonical_level=m.roi.canonical_level,
+        loss_weights=cfg.train.loss_weights, clip_norm=cfg.train.clip_norm, name="mask_rcnn")
+    if build:
+        build_variables(model)
+    return model
+
+
+def build_variables(model: MaskRCNN) -> None:
+    """Creates every variable with one inference pass on a zero image."""
+    images = tf.zeros([1, model.image_size, model.image_size, 3], tf.float32)
+    model(images, default_image_info(1, model.image_size))

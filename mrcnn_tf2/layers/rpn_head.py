@@ -1,0 +1,72 @@
+"""Region proposal network head: objectness logits and box deltas for every anchor of every level.
+
+Shape shorthand: B = batch, L = FPN levels, H_l/W_l = level size, A = anchors per location,
+N_l = H_l * W_l * A anchors on level l, C = FPN channels.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="mrcnn_tf2")
+class RPNHead(keras.layers.Layer):
+    """A small conv tower shared by all FPN levels, then 1x1 objectness and box-delta convs.
+
+    Args:
+      num_anchors: A, anchors per location (the number of aspect ratios).
+      num_channels: channels of the shared 3x3 convs (usually the FPN width).
+      num_convs: number of shared 3x3 convs.
+    """
+
+    def __init__(self, num_anchors: int, num_channels: int = 256, num_convs: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.num_anchors = num_anchors
+        self.num_channels = num_channels
+        self.num_convs = num_convs
+        init = keras.initializers.RandomNormal(stddev=0.01)
+        self.convs = [
+            keras.layers.Conv2D(num_channels, 3, padding="same", activation="relu",
+                                kernel_initializer=init, name=f"conv_{i}")
+            for i in range(num_convs)
+        ]
+        self.objectness = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="objectness")
+        self.deltas = keras.layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init, name="deltas")
+
+    def build(self, input_shape):
+        shape = next(iter(input_shape.values())) if isinstance(input_shape, dict) else input_shape
+        for conv in self.convs:
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+        self.objectness.build(shape)
+        self.deltas.build(shape)
+        self.built = True
+
+    def call(self, features: Mapping[int, tf.Tensor]) -> tuple[dict[int, tf.Tensor], dict[int, tf.Tensor]]:
+        """Runs the head on each level.
+
+        Args:
+          features: {level: [B, H_l, W_l, C]}.
+
+        Returns:
+          (objectness_logits {level: [B, N_l]}, deltas {level: [B, N_l, 4]} as (dy, dx, dh, dw)),
+          anchor order (y, x, anchor) as in `ops.anchors.generate_anchors`; float32.
+        """
+        logits, deltas = {}, {}
+        for level, x in features.items():
+            for conv in self.convs:
+                x = conv(x)
+            batch = tf.shape(x)[0]
+            # [B, H, W, A] -> [B, H*W*A]; [B, H, W, 4A] -> [B, H*W*A, 4]
+            logits[level] = tf.reshape(tf.cast(self.objectness(x), tf.float32), [batch, -1])
+            deltas[level] = tf.reshape(tf.cast(self.deltas(x), tf.float32), [batch, -1, 4])
+        return logits, deltas
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(num_anchors=self.num_anchors, num_channels=self.num_channels,
+                      num_convs=self.num_convs)
+        return config

@@ -1,0 +1,251 @@
+"""MaskRCNN: the meta-architecture, its inference `call` and its custom `train_step`/`test_step`.
+
+Shape shorthand: B = per-replica batch, S = image size, L = FPN levels, N_a = anchors, P = proposals,
+R = sampled ROIs, G = max_instances, K = num_classes including background, D = max_detections,
+M = mask size.
+
+Batch contract (DESIGN.md section 3): a dict with
+  images [B, S, S, 3] float32 (normalised as the backbone expects), image_info [B, 4, 2] float32,
+  gt_boxes [B, G, 4] float32 yxyx pixels, gt_classes [B, G] int32 (-1 = padding),
+  gt_masks [B, G, Sm, Sm] float32 (each instance cropped to its box).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrcnn_tf2 import losses as losses_lib
+from mrcnn_tf2 import targets
+from mrcnn_tf2.ops import anchors as anchors_lib
+from mrcnn_tf2.ops import roi_align
+
+LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
+_SUBLAYERS = ("backbone", "fpn", "rpn_head", "proposals_train", "proposals_test", "roi_sampler",
+              "box_head", "mask_head", "detection_generator")
+
+
+def default_image_info(batch_size: tf.Tensor, image_size: int) -> tf.Tensor:
+    """image_info for images that are already S x S (no resize, no offset): [B, 4, 2]."""
+    s = float(image_size)
+    info = tf.constant([[s, s], [s, s], [1.0, 1.0], [0.0, 0.0]], tf.float32)
+    return tf.tile(info[None], [batch_size, 1, 1])
+
+
+@keras.saving.register_keras_serializable(package="mrcnn_tf2")
+class MaskRCNN(keras.Model):
+    """Mask R-CNN with an FPN backbone. Build it with `mrcnn_tf2.build_model(cfg)`.
+
+    ``model(images, image_info)`` runs inference and returns a dict of detections in model-input
+    pixels (contiguous labels): detection_boxes [B, D, 4], detection_scores [B, D],
+    detection_classes [B, D] int32, detection_masks [B, D, M, M] probabilities (box-relative),
+    num_detections [B] int32. ``fit``/``train_step`` take the batch dict described above.
+
+    Example::
+
+        cfg = config.preset("shapes")
+        model = build_model(cfg)
+        outputs = model(images, image_info)
+    """
+
+    def __init__(self, backbone: keras.Model, fpn: keras.layers.Layer, rpn_head: keras.layers.Layer,
+                 proposals_train: keras.layers.Layer, proposals_test: keras.layers.Layer,
+                 roi_sampler: keras.layers.Layer, box_head: keras.layers.Layer, mask_head: keras.layers.Layer,
+                 detection_generator: keras.layers.Layer, *, image_size: int, min_level: int, max_level: int,
+                 anchor_sizes: Sequence[float], aspect_ratios: Sequence[float],
+                 rpn_fg_iou_threshold: float = 0.7, rpn_bg_iou_threshold: float = 0.3,
+                 rpn_anchors_per_image: int = 256, rpn_positive_fraction: float = 0.5,
+                 box_pool_size: int = 7, mask_pool_size: int = 14, canonical_size: float = 224.0,
+                 canonical_level: int = 4, loss_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0),
+                 clip_norm: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.fpn = fpn
+        self.rpn_head = rpn_head
+        self.proposals_train = proposals_train
+        self.proposals_test = proposals_test
+        self.roi_sampler = roi_sampler
+        self.box_head = box_head
+        self.mask_head = mask_head
+        self.detection_generator = detection_generator
+        self.image_size = int(image_size)
+        self.min_level = int(min_level)
+        self.max_level = int(max_level)
+        self.anchor_sizes = tuple(float(s) for s in anchor_sizes)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+        self.rpn_fg_iou_threshold = rpn_fg_iou_threshold
+        self.rpn_bg_iou_threshold = rpn_bg_iou_threshold
+        self.rpn_anchors_per_image = rpn_anchors_per_image
+        self.rpn_positive_fraction = rpn_positive_fraction
+        self.box_pool_size = box_pool_size
+        self.mask_pool_size = mask_pool_size
+        self.canonical_size = canonical_size
+        self.canonical_level = canonical_level
+        self.loss_weights = tuple(float(w) for w in loss_weights)
+        if len(self.loss_weights) != len(LOSS_KEYS):
+            raise ValueError(f"loss_weights needs {len(LOSS_KEYS)} values ({', '.join(LOSS_KEYS)})")
+        self.clip_norm = clip_norm
+        anchors = anchors_lib.generate_anchors(self.image_size, self.min_level, self.max_level,
+                                               self.anchor_sizes, self.aspect_ratios)
+        self._anchors_np = {level: np.asarray(a, np.float32) for level, a in anchors.items()}
+        self.trackers = [keras.metrics.Mean(name=k) for k in ("loss",) + LOSS_KEYS + ("grad_norm",)]
+
+    # === Inference ===
+
+    def _anchors(self) -> dict[int, tf.Tensor]:
+        return {level: tf.constant(a) for level, a in self._anchors_np.items()}
+
+    def _features(self, images: tf.Tensor, training: bool) -> dict[int, tf.Tensor]:
+        return self.fpn(self.backbone(images, training=training), training=training)
+
+    def _roi_align(self, features: Mapping[int, tf.Tensor], boxes: tf.Tensor, size: int) -> tf.Tensor:
+        return roi_align.multilevel_roi_align(features, boxes, size, canonical_size=self.canonical_size,
+                                              canonical_level=self.canonical_level)
+
+    def call(self, images: tf.Tensor, image_info: tf.Tensor | None = None, training: bool = False
+             ) -> dict[str, tf.Tensor]:
+        """Inference. images [B, S, S, 3] float32 normalised; image_info [B, 4, 2] (default: no resize)."""
+        if image_info is None:
+            image_info = default_image_info(tf.shape(images)[0], self.image_size)
+        features = self._features(images, training=False)
+        rpn_logits, rpn_deltas = self.rpn_head(features)
+        rois, _, roi_valid = self.proposals_test(rpn_logits, rpn_deltas, self._anchors(), image_info)
+        class_logits, box_deltas = self.box_head(self._roi_align(features, rois, self.box_pool_size))
+        detections = self.detection_generator(class_logits, box_deltas, rois, roi_valid, image_info)
+        mask_features = self._roi_align(features, detections["detection_boxes"], self.mask_pool_size)
+        mask_logits = self.mask_head(mask_features, detections["detection_classes"])
+        valid = tf.range(tf.shape(mask_logits)[1])[None, :] < detections["num_detections"][:, None]
+        detections["detection_masks"] = tf.where(valid[:, :, None, None], tf.sigmoid(mask_logits), 0.0)
+        return detections
+
+    # === Training ===
+
+    def compute_losses(self, data: Mapping[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
+        """The forward pass with targets; returns {loss key: scalar float32} for this replica's batch."""
+        images, image_info = data["images"], data["image_info"]
+        gt_boxes = tf.cast(data["gt_boxes"], tf.float32)
+        gt_classes = tf.cast(data["gt_classes"], tf.int32)
+        gt_masks = tf.cast(data["gt_masks"], tf.float32)
+        features = self._features(images, training=training)
+        rpn_logits, rpn_deltas = self.rpn_head(features)
+        anchors = self._anchors()
+
+        # Stage 1: RPN losses on a balanced anchor sample (targets computed here, not in the pipeline).
+        levels = sorted(rpn_logits)
+        rpn_target = targets.rpn_targets(
+            tf.concat([anchors[lv] for lv in levels], axis=0), gt_boxes, gt_classes,
+            fg_iou_threshold=self.rpn_fg_iou_threshold, bg_iou_threshold=self.rpn_bg_iou_threshold,
+            num_samples=self.rpn_anchors_per_image, positive_fraction=self.rpn_positive_fraction)
+        losses = losses_lib.rpn_losses(
+            tf.concat([rpn_logits[lv] for lv in levels], axis=1),
+            tf.concat([rpn_deltas[lv] for lv in levels], axis=1), **rpn_target)
+
+        # Proposals carry no gradient: the second stage treats them as fixed inputs.
+        rois, _, roi_valid = self.proposals_train(
+            {lv: tf.stop_gradient(x) for lv, x in rpn_logits.items()},
+            {lv: tf.stop_gradient(x) for lv, x in rpn_deltas.items()}, anchors, image_info)
+        rois, roi_valid = tf.stop_gradient(rois), tf.stop_gradient(roi_valid)
+
+        # Stage 2: box head on sampled ROIs.
+        sample = self.roi_sampler(rois, roi_valid, gt_boxes, gt_classes)
+        class_logits, box_deltas = self.box_head(self._roi_align(features, sample["rois"], self.box_pool_size))
+        losses.update(losses_lib.box_head_losses(class_logits, box_deltas, sample["classes"],
+                                                 sample["box_targets"], sample["valid"]))
+
+        # Mask head on the foreground ROIs only; the sampler puts them first, so a static slice holds all.
+        num_mask = max(1, int(self.roi_sampler.num_samples * self.roi_sampler.positive_fraction))
+        mask_rois = sample["rois"][:, :num_mask]
+        mask_positive = sample["positive"][:, :num_mask]
+        mask_classes = tf.maximum(sample["classes"][:, :num_mask], 0)
+        mask_logits = self.mask_head(self._roi_align(features, mask_rois, self.mask_pool_size), mask_classes)
+        mask_target = targets.mask_targets(gt_masks, gt_boxes, mask_rois, sample["matched_gt"][:, :num_mask],
+                                           mask_logits.shape[-1])
+        losses.update(losses_lib.mask_loss(mask_logits, mask_target, mask_positive))
+        return {k: losses[k] for k in LOSS_KEYS}
+
+    def total_loss(self, losses: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """The one place where the loss terms are weighted and summed."""
+        return tf.add_n([w * losses[k] for k, w in zip(LOSS_KEYS, self.loss_weights)])
+
+    def _reduce_and_clip(self, grads: list[tf.Tensor], loss_scale: tf.Tensor) -> tuple[list, tf.Tensor]:
+        """Clips the global gradient norm of the *cross-replica* gradient.
+
+        Keras 3 sums replica gradients inside ``apply_gradients``; clipping before that would clip
+        each replica's part. So we all-reduce here, clip, and hand each replica 1/n of the clipped sum
+        (the optimizer's own sum then restores it). ``loss_scale`` (mixed float16) scales the norm.
+        """
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        if replicas > 1:
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        clip = self.clip_norm * loss_scale if self.clip_norm and self.clip_norm > 0 else None
+        norm = tf.linalg.global_norm(grads)
+        if clip is not None:
+            grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
+        if replicas > 1:
+            grads = [g / replicas for g in grads]
+        return grads, norm / loss_scale
+
+    def train_step(self, data: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(data, training=True)
+            total = self.total_loss(losses)
+            # Keras 3 sums gradients over replicas: divide by their number to get the global mean.
+            scaled = self.optimizer.scale_loss(total / replicas)
+        grads = tape.gradient(scaled, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        # 1.0, or the current dynamic loss scale of a LossScaleOptimizer (mixed float16).
+        loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
+        clipped, grad_norm = self._reduce_and_clip([g for g, _ in pairs], loss_scale)
+        self.optimizer.apply_gradients(zip(clipped, [v for _, v in pairs]))
+        return self._update_trackers(total, losses, grad_norm)
+
+    def test_step(self, data: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        losses = self.compute_losses(data, training=False)
+        return self._update_trackers(self.total_loss(losses), losses, None)
+
+    def predict_step(self, data: Any) -> dict[str, tf.Tensor]:
+        if isinstance(data, (tuple, list)):
+            data = data[0]
+        return self(data["images"], data.get("image_info"))
+
+    def _update_trackers(self, total, losses, grad_norm) -> dict[str, tf.Tensor]:
+        values = {"loss": total, **losses}
+        if grad_norm is not None:
+            values["grad_norm"] = grad_norm
+        for tracker in self.trackers:
+            if tracker.name in values:
+                tracker.update_state(values[tracker.name])
+        return {t.name: t.result() for t in self.trackers if t.name in values}
+
+    @property
+    def metrics(self) -> list:
+        return list(self.trackers)
+
+    # === Config ===
+
+    def get_config(self) -> dict:
+        config = {"name": self.name, "image_size": self.image_size, "min_level": self.min_level,
+                  "max_level": self.max_level, "anchor_sizes": list(self.anchor_sizes),
+                  "aspect_ratios": list(self.aspect_ratios),
+                  "rpn_fg_iou_threshold": self.rpn_fg_iou_threshold,
+                  "rpn_bg_iou_threshold": self.rpn_bg_iou_threshold,
+                  "rpn_anchors_per_image": self.rpn_anchors_per_image,
+                  "rpn_positive_fraction": self.rpn_positive_fraction,
+                  "box_pool_size": self.box_pool_size, "mask_pool_size": self.mask_pool_size,
+                  "canonical_size": self.canonical_size, "canonical_level": self.canonical_level,
+                  "loss_weights": list(self.loss_weights), "clip_norm": self.clip_norm}
+        for name in _SUBLAYERS:
+            config[name] = keras.saving.serialize_keras_object(getattr(self, name))
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> MaskRCNN:
+        config = dict(config)
+        layers = {name: keras.saving.deserialize_keras_object(config.pop(name)) for name in _SUBLAYERS}
+        return cls(**layers, **config)
