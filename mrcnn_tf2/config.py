@@ -136,6 +136,9 @@ class AugmentConfig:
     blur_prob: float = 0.0
     noise_prob: float = 0.0
     noise_stddev: float = 5.0
+    # The random crop keeps one randomly chosen instance whole; each side keeps >= this fraction.
+    crop_min_fraction: float = 0.5
+    blur_max_sigma: float = 1.5  # pixels; the Gaussian blur's sigma is drawn from [0.1, blur_max_sigma]
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,13 @@ class DataConfig:
     skip_empty: bool = False
     shuffle_buffer: int = 1000
     seed: int = 0
+    # Sharded TFRecords from `python -m pipelines.tfrecord` (a glob or a folder); replaces the train JSON.
+    train_tfrecords: str = ""
+    # JSON path: decoded images and masks are cached in memory when they fit in this many MiB.
+    cache_max_mb: int = 1024
+    num_parallel_calls: int = -1  # tf.data map parallelism; -1 = AUTOTUNE
+    shapes_num_train: int = 500  # size of the built-in shapes dataset, generated on first use
+    shapes_num_val: int = 50
     # The mapping contiguous label (1..K) -> dataset category id; filled from the dataset.
     category_ids: tuple[int, ...] = ()
     category_names: tuple[str, ...] = ()
