@@ -12,7 +12,8 @@ Batch contract (DESIGN.md section 3): a dict with
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np

@@ -10,7 +10,7 @@ zero boxes with ``valid = False``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import keras
 import tensorflow as tf

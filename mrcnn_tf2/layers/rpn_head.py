@@ -6,7 +6,7 @@ N_l = H_l * W_l * A anchors on level l, C = FPN channels.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import keras
 import tensorflow as tf
