@@ -1,0 +1,99 @@
+"""Normalization layers shared by the backbones and the FPN.
+
+This module owns the choice of normalization (``model.norm`` in the config):
+
+- ``frozen_bn``: :class:`FrozenBatchNormalization`, a batch norm whose scale, offset and moving
+  statistics never change and that always normalizes with the moving statistics. The right choice for
+  ImageNet-initialized backbones trained with small per-device batches.
+- ``bn``: a plain trainable ``keras.layers.BatchNormalization`` (batch statistics in training).
+- ``gn``: ``keras.layers.GroupNormalization`` (independent of the batch size; for training from scratch).
+
+All layers work on channels-last tensors ``[B, H, W, C]`` and keep their input dtype policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+__all__ = ["NORMS", "FrozenBatchNormalization", "norm_layer", "is_norm_layer"]
+
+NORMS = ("frozen_bn", "bn", "gn")
+
+
+@keras.saving.register_keras_serializable(package="mrcnn_tf2")
+class FrozenBatchNormalization(keras.layers.BatchNormalization):
+    """Batch normalization frozen for good: ``trainable`` is always False.
+
+    Keras 3 runs a non-trainable ``BatchNormalization`` in inference mode (moving statistics) even when
+    called with ``training=True``, and leaves its gamma/beta out of ``trainable_weights``. Pinning
+    ``trainable`` to False also survives ``model.trainable = True`` on an enclosing model, which would
+    silently unfreeze a plain ``BatchNormalization``.
+
+    Weights (and their order: gamma, beta, moving_mean, moving_variance) are those of
+    ``keras.layers.BatchNormalization``, so ImageNet batch-norm weights load into it unchanged.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["trainable"] = False
+        super().__init__(**kwargs)
+
+    @property
+    def trainable(self) -> bool:
+        return False
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        # Ignore the requested value; keep the layer (and its variables) frozen.
+        keras.layers.Layer.trainable.fset(self, False)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("trainable", None)
+        return config
+
+
+def norm_layer(
+    norm: str,
+    prefix: str,
+    channels: int | None = None,
+    gn_groups: int = 32,
+    epsilon: float = 1e-5,
+    gamma_initializer: str = "ones",
+) -> keras.layers.Layer:
+    """Creates the normalization layer for ``norm``, named ``{prefix}_bn`` or ``{prefix}_gn``.
+
+    Args:
+        norm: ``"frozen_bn"``, ``"bn"`` or ``"gn"``.
+        prefix: layer name prefix, e.g. ``"conv2_block1_1"`` (gives ``conv2_block1_1_bn``, the name used by
+            ``keras.applications`` ResNets, so batch-norm weights load by name).
+        channels: number of input channels, when known; checked against ``gn_groups`` for ``gn``.
+        gn_groups: number of groups for ``gn``.
+        epsilon: variance epsilon.
+        gamma_initializer: initializer of the scale (``"zeros"`` for the last norm of a residual branch).
+
+    Returns:
+        An unbuilt Keras layer mapping ``[B, H, W, C]`` to ``[B, H, W, C]``.
+
+    Raises:
+        ValueError: for an unknown ``norm`` or when ``channels`` is not divisible by ``gn_groups``.
+    """
+    if norm == "frozen_bn":
+        return FrozenBatchNormalization(epsilon=epsilon, gamma_initializer=gamma_initializer,
+                                        name=f"{prefix}_bn")
+    if norm == "bn":
+        return keras.layers.BatchNormalization(epsilon=epsilon, gamma_initializer=gamma_initializer,
+                                               name=f"{prefix}_bn")
+    if norm == "gn":
+        if channels is not None and channels % gn_groups:
+            raise ValueError(f"GroupNormalization '{prefix}_gn': {channels} channels are not divisible by "
+                             f"gn_groups={gn_groups}; choose a gn_groups that divides {channels}")
+        return keras.layers.GroupNormalization(groups=gn_groups, epsilon=epsilon,
+                                               gamma_initializer=gamma_initializer, name=f"{prefix}_gn")
+    raise ValueError(f"unknown norm '{norm}'; choose one of {NORMS}")
+
+
+def is_norm_layer(layer: keras.layers.Layer) -> bool:
+    """True for batch-norm (frozen or not) and group-norm layers."""
+    return isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))
