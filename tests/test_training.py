@@ -252,3 +252,23 @@ def test_tensorboard_logger_disabled_writes_nothing(tmp_path):
     logger.flush()
     logger.close()
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_checkpoint_under_mirrored_strategy(tmp_path):
+    strategy = training.create_strategy("mirrored")
+    with strategy.scope():
+        model = _tiny_model()
+        opt = keras.optimizers.SGD(0.1, momentum=0.9)
+        opt.build(model.trainable_variables)
+        keeper = training.CheckpointKeeper(str(tmp_path), model, opt, max_to_keep=2)
+    weights = [w.copy() for w in model.get_weights()]
+    path = keeper.save(5, epoch=2)
+    with strategy.scope():
+        fresh = _tiny_model()
+        fresh_opt = keras.optimizers.SGD(0.1, momentum=0.9)
+        fresh_opt.build(fresh.trainable_variables)
+        other = training.CheckpointKeeper(str(tmp_path), fresh, fresh_opt, max_to_keep=2)
+    assert other.restore_latest() == path
+    assert int(other.step.numpy()) == 5 and int(other.epoch.numpy()) == 2
+    for a, b in zip(fresh.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
