@@ -20,9 +20,11 @@ the convolution weights still load, the norm weights are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import h5py
 import keras
@@ -237,6 +239,10 @@ def load_backbone_weights(backbone: keras.Model, name: str, weights: str) -> lis
     source = _reference_model(name, weights)
     source_weights = {layer.name: layer.weights for layer in source.layers if layer.weights}
     ours = {layer.name for layer in backbone.layers if layer.weights}
+    if not ours & source_weights.keys():
+        raise ValueError(
+            f"weights '{weights}' share no layer name with backbone '{name}'; pass a weights file of "
+            f"keras.applications.{_APPLICATIONS[name].__name__}")
     # A source layer we lack is fine only for the classifier top and batch norms replaced by group
     # norms; anything else means another architecture (e.g. a ResNet-101 file for a ResNet-50).
     foreign = [n for n in source_weights
@@ -247,7 +253,7 @@ def load_backbone_weights(backbone: keras.Model, name: str, weights: str) -> lis
             f"weights '{weights}' hold {len(foreign)} layers that backbone '{name}' lacks (e.g. "
             f"{', '.join(foreign[:3])}); pass a weights file of "
             f"keras.applications.{_APPLICATIONS[name].__name__}")
-    skipped, loaded = [], 0
+    skipped = []
     for layer in backbone.layers:
         if not layer.weights:
             continue
@@ -264,11 +270,6 @@ def load_backbone_weights(backbone: keras.Model, name: str, weights: str) -> lis
                 f"keras.applications.{_APPLICATIONS[name].__name__}?")
         for variable, value in zip(layer.weights, src):
             variable.assign(np.asarray(keras.ops.convert_to_numpy(value)))
-        loaded += 1
-    if not loaded:
-        raise ValueError(
-            f"weights '{weights}' share no layer name with backbone '{name}'; pass a weights file of "
-            f"keras.applications.{_APPLICATIONS[name].__name__}")
     return skipped
 
 
@@ -295,17 +296,27 @@ def _reference_model(name: str, weights: str) -> keras.Model:
                          f"--model=imagenet, --model=none or the path of a weights file")
     if weights.endswith(".keras") or _is_full_h5_model(weights):
         try:
-            return keras.saving.load_model(weights, compile=False)
+            with _quiet_keras_loading():
+                return keras.saving.load_model(weights, compile=False)
         except Exception as e:  # noqa: BLE001 - any reader error becomes one clear message
             raise ValueError(f"could not read the model file '{weights}': {e}") from e
     errors = []
     for include_top in (False, True):  # save_weights files list every layer, so the top must match
         try:
-            return app(weights=weights, include_top=include_top, **extra)
+            with _quiet_keras_loading():
+                return app(weights=weights, include_top=include_top, **extra)
         except Exception as e:  # noqa: BLE001
             errors.append(f"include_top={include_top}: {e}")
     raise ValueError(f"could not load '{weights}' into keras.applications.{app.__name__} "
                      f"({'; '.join(errors)}); is it a weights file of that model?")
+
+
+@contextlib.contextmanager
+def _quiet_keras_loading() -> Iterator[None]:
+    """Silences Keras 3.15's warnings about its internal op containers when it reads a functional model."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping nested container")
+        yield
 
 
 def _is_full_h5_model(path: str) -> bool:

@@ -71,22 +71,27 @@ class FPN(keras.layers.Layer):
         self.gn_groups = gn_groups
         # Levels computed from backbone features (the rest are pooled): min_level..top_level.
         self._top_level = min(max_level, backbone_max_level)
-        use_bias = norm is None
-        # Per level min_level..top_level (index level - min_level): [conv] or [conv, group norm].
-        # Lists, not int-keyed dicts: TF checkpoints cannot track dicts with non-string keys.
-        levels = range(min_level, self._top_level + 1)
-        self._lateral = [self._conv_norm(1, f"lateral_p{level}", use_bias) for level in levels]
-        self._output = [self._conv_norm(3, f"output_p{level}", use_bias) for level in levels]
+        # One attribute per sublayer (lateral_p2_conv, lateral_p2_gn, output_p2_conv, ...): Keras 3 keeps
+        # sublayers held in lists or dicts out of tf.train.Checkpoint's object graph.
+        for level in range(min_level, self._top_level + 1):
+            for kind, kernel in (("lateral", 1), ("output", 3)):
+                prefix = f"{kind}_p{level}"
+                setattr(self, f"{prefix}_conv", keras.layers.Conv2D(
+                    num_channels, kernel, padding="same", use_bias=norm is None, name=f"{prefix}_conv"))
+                if norm == "gn":
+                    setattr(self, f"{prefix}_gn", norm_layer("gn", prefix, channels=num_channels,
+                                                            gn_groups=gn_groups))
         # Nearest-neighbour upsampling; a layer, so it also works for unknown H and W.
         self._upsample = keras.layers.UpSampling2D(2, interpolation="nearest", name="upsample")
         self._pool = keras.layers.MaxPooling2D(pool_size=1, strides=2, padding="valid", name="pool")
 
-    def _conv_norm(self, kernel: int, name: str, use_bias: bool) -> list[keras.layers.Layer]:
-        conv = keras.layers.Conv2D(self.num_channels, kernel, padding="same", use_bias=use_bias,
-                                   name=f"{name}_conv")
-        if self.norm is None:
-            return [conv]
-        return [conv, norm_layer("gn", name, channels=self.num_channels, gn_groups=self.gn_groups)]
+    def _conv_norm(self, kind: str, level: int) -> list[keras.layers.Layer]:
+        """The sublayers of ``{kind}_p{level}``: [conv] or [conv, group norm]."""
+        prefix = f"{kind}_p{level}"
+        layers = [getattr(self, f"{prefix}_conv")]
+        if self.norm == "gn":
+            layers.append(getattr(self, f"{prefix}_gn"))
+        return layers
 
     @staticmethod
     def _apply(layers: list[keras.layers.Layer], x: tf.Tensor) -> tf.Tensor:
@@ -94,14 +99,21 @@ class FPN(keras.layers.Layer):
             x = layer(x)
         return x
 
+    def _check_num_features(self, num_features: int) -> None:
+        expected = self.backbone_max_level - self.backbone_min_level + 1
+        if num_features != expected:
+            raise ValueError(f"FPN expects {expected} backbone features (levels {self.backbone_min_level}.."
+                             f"{self.backbone_max_level}), got {num_features}")
+
     def build(self, input_shape: Sequence[Sequence[int | None]]) -> None:
+        self._check_num_features(len(input_shape))
         for level in range(self.min_level, self._top_level + 1):
             shape = tuple(input_shape[level - self.backbone_min_level])
             lateral_shape = shape[:-1] + (self.num_channels,)
-            for layer in self._lateral[level - self.min_level]:
+            for layer in self._conv_norm("lateral", level):
                 layer.build(shape)
                 shape = lateral_shape
-            for layer in self._output[level - self.min_level]:
+            for layer in self._conv_norm("output", level):
                 layer.build(lateral_shape)
         self.built = True
 
@@ -116,18 +128,15 @@ class FPN(keras.layers.Layer):
             ``{level: P_level}`` for ``level`` in ``min_level..max_level``, each
             ``[B, H / 2**level, W / 2**level, num_channels]`` in the layer's compute dtype.
         """
-        expected = self.backbone_max_level - self.backbone_min_level + 1
-        if len(features) != expected:
-            raise ValueError(f"FPN expects {expected} backbone features (levels {self.backbone_min_level}.."
-                             f"{self.backbone_max_level}), got {len(features)}")
+        self._check_num_features(len(features))
         # Top-down: coarsest lateral first, then lateral(Ci) + upsample(top-down of level i+1).
         top_down: dict[int, tf.Tensor] = {}
         for level in range(self._top_level, self.min_level - 1, -1):
-            lateral = self._apply(self._lateral[level - self.min_level], features[level - self.backbone_min_level])
+            lateral = self._apply(self._conv_norm("lateral", level), features[level - self.backbone_min_level])
             if level < self._top_level:
                 lateral = lateral + self._upsample(top_down[level + 1])
             top_down[level] = lateral
-        outputs = {level: self._apply(self._output[level - self.min_level], top_down[level])
+        outputs = {level: self._apply(self._conv_norm("output", level), top_down[level])
                    for level in range(self.min_level, self._top_level + 1)}
         # Extra coarse levels (P6, ...): stride-2 subsampling of the level below.
         for level in range(self._top_level + 1, self.max_level + 1):

@@ -1,0 +1,266 @@
+"""Tests for mrcnn_tf2.layers.backbone: structure vs keras.applications, weight loading, freezing."""
+
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from mrcnn_tf2.layers.backbone import (
+    WeightsDownloadError,
+    backbone_channels,
+    build_backbone,
+    feature_channels,
+    load_backbone_weights,
+)
+from mrcnn_tf2.layers.norm import FrozenBatchNormalization
+
+
+def _weight_signature(model: keras.Model) -> set[tuple[str, tuple[tuple[int, ...], ...]]]:
+    return {(layer.name, tuple(tuple(w.shape) for w in layer.weights))
+            for layer in model.layers if layer.weights}
+
+
+def _randomize(model: keras.Model, seed: int = 0) -> None:
+    """Distinct random values in every weight (so a swapped gamma/variance cannot go unnoticed)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        w.assign(rng.uniform(0.5, 1.5, size=tuple(w.shape)).astype(np.float32))
+
+
+def _assert_all_loaded(ours: keras.Model, source: keras.Model, skipped: list[str]) -> int:
+    src = {layer.name: layer.weights for layer in source.layers}
+    checked = 0
+    for layer in ours.layers:
+        if not layer.weights or layer.name in skipped:
+            continue
+        for mine, theirs in zip(layer.weights, src[layer.name], strict=True):
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+            checked += 1
+    return checked
+
+
+@pytest.fixture(scope="module")
+def resnet50() -> keras.Model:
+    return build_backbone("resnet50")
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) structure: names and weight shapes equal keras.applications'
+
+
+def test_resnet50_weights_match_keras_applications(resnet50):
+    reference = keras.applications.ResNet50(weights=None, include_top=False)
+    assert _weight_signature(resnet50) == _weight_signature(reference)
+    # Every other layer name too (pads, activations, adds, block outputs), bar the input layer.
+    assert {layer.name for layer in reference.layers[1:]} == {layer.name for layer in resnet50.layers[1:]}
+
+
+def test_resnet101_weights_match_keras_applications():
+    ours = build_backbone("resnet101", image_size=64)
+    reference = keras.applications.ResNet101(weights=None, include_top=False, input_shape=(64, 64, 3))
+    assert _weight_signature(ours) == _weight_signature(reference)
+    assert [t.shape[1] for t in ours(np.zeros((1, 64, 64, 3), np.float32))] == [16, 8, 4, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) loading weights files of keras.applications models
+
+
+def test_load_resnet50_weights_file(tmp_path, resnet50):
+    source = keras.applications.ResNet50(weights=None, include_top=False)
+    _randomize(source)
+    path = str(tmp_path / "resnet50.weights.h5")
+    source.save_weights(path)
+    skipped = load_backbone_weights(resnet50, "resnet50", path)
+    assert skipped == []
+    assert _assert_all_loaded(resnet50, source, skipped) == len(source.weights) == len(resnet50.weights)
+
+
+def test_load_mobilenetv3_weights_files(tmp_path):
+    ours = build_backbone("mobilenetv3", norm="frozen_bn")
+    # A full model with the classifier top, saved as .keras: the top is ignored.
+    source = keras.applications.MobileNetV3Large(weights=None, include_top=True, include_preprocessing=True)
+    _randomize(source, seed=1)
+    path = str(tmp_path / "mobilenet.keras")
+    source.save(path)
+    assert load_backbone_weights(ours, "mobilenetv3", path) == []
+    assert _assert_all_loaded(ours, source, []) == len(ours.weights)
+    # A .weights.h5 of the include_top=False model.
+    source = keras.applications.MobileNetV3Large(weights=None, include_top=False, include_preprocessing=True)
+    _randomize(source, seed=2)
+    path = str(tmp_path / "mobilenet.weights.h5")
+    source.save_weights(path)
+    assert load_backbone_weights(ours, "mobilenetv3", path) == []
+    assert _assert_all_loaded(ours, source, []) == len(ours.weights)
+
+
+def test_load_into_group_norm_skips_norm_layers(tmp_path):
+    ours = build_backbone("resnet50", norm="gn")
+    source = keras.applications.ResNet50(weights=None, include_top=False)
+    _randomize(source, seed=3)
+    path = str(tmp_path / "resnet50.weights.h5")
+    source.save_weights(path)
+    skipped = load_backbone_weights(ours, "resnet50", path)
+    assert sorted(skipped) == sorted(layer.name for layer in ours.layers if layer.name.endswith("_gn"))
+    assert len(skipped) == 53  # one norm per convolution
+    assert _assert_all_loaded(ours, source, skipped) == 2 * 53  # conv kernels and biases
+
+
+def test_load_rejects_mismatched_files(tmp_path):
+    ours = build_backbone("mobilenetv3", norm="bn")
+    # Nothing in common: a ResNet stem.
+    inputs = keras.Input((32, 32, 3))
+    stem = keras.Model(inputs, keras.layers.Conv2D(64, 7, name="conv1_conv")(inputs))
+    stem.save(str(tmp_path / "resnet.keras"))
+    # Same layer names, other shapes (width multiplier 0.75): a clear shape error naming the layer.
+    narrow = keras.applications.MobileNetV3Large(weights=None, include_top=False, alpha=0.75,
+                                                 include_preprocessing=True, input_shape=(64, 64, 3))
+    path = str(tmp_path / "narrow.keras")
+    narrow.save(path)
+    with pytest.raises(ValueError, match=r"layer '.*' has weight shapes .* but the file has"):
+        load_backbone_weights(ours, "mobilenetv3", path)
+    # A weights file of another architecture.
+    path = str(tmp_path / "narrow.weights.h5")
+    narrow.save_weights(path)
+    with pytest.raises(ValueError, match="MobileNetV3Large"):
+        load_backbone_weights(ours, "mobilenetv3", path)
+    with pytest.raises(ValueError, match="share no layer name"):
+        load_backbone_weights(ours, "mobilenetv3", str(tmp_path / "resnet.keras"))
+    with pytest.raises(ValueError, match="neither 'imagenet' nor an existing file"):
+        load_backbone_weights(ours, "mobilenetv3", str(tmp_path / "missing.weights.h5"))
+
+
+def test_load_resnet101_file_into_resnet50_is_rejected(tmp_path, resnet50):
+    source = keras.applications.ResNet101(weights=None, include_top=False, input_shape=(64, 64, 3))
+    path = str(tmp_path / "resnet101.keras")
+    source.save(path)
+    with pytest.raises(ValueError, match="lacks .*conv4_block7"):
+        load_backbone_weights(resnet50, "resnet50", path)
+
+
+# ---------------------------------------------------------------------------------------------
+# (3) normalization modes and train_layers
+
+
+def _bn_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv3"])
+def test_frozen_bn_is_frozen_and_uses_moving_statistics(name, resnet50):
+    model = resnet50 if name == "resnet50" else build_backbone(name, norm="frozen_bn")
+    bns = _bn_layers(model)
+    assert bns and all(isinstance(bn, FrozenBatchNormalization) and not bn.trainable for bn in bns)
+    trainable_ids = {id(w) for w in model.trainable_weights}
+    assert not any(id(w) in trainable_ids for bn in bns for w in bn.weights)
+    assert model.trainable_weights  # the convolutions still train ("all")
+    for bn in bns:  # non-trivial statistics, so batch statistics would give other outputs
+        bn.moving_mean.assign(np.full(bn.moving_mean.shape, 0.3, np.float32))
+        bn.moving_variance.assign(np.full(bn.moving_variance.shape, 2.0, np.float32))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    before = [bn.moving_mean.numpy().copy() for bn in bns]
+    out_train = model(images, training=True)
+    out_infer = model(images, training=False)
+    for bn, mean in zip(bns, before):
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+    for a, b in zip(out_train, out_infer):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    # Unfreezing the enclosing model does not unfreeze frozen batch norm.
+    model.trainable = True
+    assert not any(bn.trainable for bn in bns)
+    assert len(model.trainable_weights) == len(model.weights) - 4 * len(bns)
+
+
+def test_trainable_bn_updates_statistics():
+    model = build_backbone("mobilenetv3", norm="bn")
+    bns = _bn_layers(model)
+    assert bns and all(type(bn) is keras.layers.BatchNormalization and bn.trainable for bn in bns)
+    trainable_ids = {id(w) for w in model.trainable_weights}
+    assert all(id(bn.gamma) in trainable_ids for bn in bns)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    before = bns[0].moving_mean.numpy().copy()
+    model(images, training=True)
+    assert not np.allclose(bns[0].moving_mean.numpy(), before)
+
+
+def test_train_layers_4plus_freezes_stem_conv2_conv3():
+    model = build_backbone("resnet50", norm="bn", train_layers="4+")
+    trainable = {w.path.split("/")[-2] for w in model.trainable_weights}
+    frozen = [layer.name for layer in model.layers if layer.weights
+              and layer.name.startswith(("conv1_", "conv2_", "conv3_"))]
+    live = [layer.name for layer in model.layers if layer.weights
+            and layer.name.startswith(("conv4_", "conv5_"))]
+    assert frozen and live
+    assert not trainable & set(frozen)
+    assert set(live) <= trainable
+    assert not any(model.get_layer(n).trainable for n in frozen)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv3"])
+def test_train_layers_heads_freezes_everything(name):
+    model = build_backbone(name, norm="bn", train_layers="heads")
+    assert model.trainable_weights == []
+    assert model.weights
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="train_layers"):
+        build_backbone("mobilenetv3", train_layers="4+")
+    with pytest.raises(ValueError, match="norm"):
+        build_backbone("mobilenetv3", norm="gn")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("resnet18")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_backbone("resnet50", image_size=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# (4) output shapes and strides, (5) group norm
+
+
+@pytest.mark.parametrize("name,image_size", [("resnet50", None), ("mobilenetv3", None), ("mobilenetv3", 128)])
+def test_output_shapes_and_strides(name, image_size, resnet50):
+    model = resnet50 if name == "resnet50" else build_backbone(name, image_size=image_size)
+    channels = backbone_channels(name)
+    assert tuple(model.feature_channels) == channels == tuple(feature_channels(model))
+    assert tuple(model.feature_strides) == (4, 8, 16, 32)
+    features = model(np.zeros((2, 128, 128, 3), np.float32))
+    assert isinstance(features, list) and len(features) == 4
+    for feature, stride, depth in zip(features, (4, 8, 16, 32), channels):
+        assert tuple(feature.shape) == (2, 128 // stride, 128 // stride, depth)
+        assert feature.dtype == "float32"
+    if image_size is None:  # any multiple of 32, not only squares
+        features = model(np.zeros((1, 64, 96, 3), np.float32))
+        assert [tuple(f.shape[1:3]) for f in features] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+def test_group_norm_variant():
+    model = build_backbone("resnet50", norm="gn", gn_groups=16, image_size=64)
+    assert not _bn_layers(model)
+    gns = [layer for layer in model.layers if isinstance(layer, keras.layers.GroupNormalization)]
+    assert len(gns) == 53 and all(gn.groups == 16 and gn.trainable for gn in gns)
+    features = model(np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32))
+    assert [tuple(f.shape) for f in features] == [(1, 16, 16, 256), (1, 8, 8, 512), (1, 4, 4, 1024),
+                                                  (1, 2, 2, 2048)]
+    assert all(np.isfinite(f.numpy()).all() for f in features)
+
+
+# ---------------------------------------------------------------------------------------------
+# (6) ImageNet weights without network
+
+
+def test_imagenet_without_network_fails_fast_with_clear_message():
+    model = build_backbone("mobilenetv3", image_size=64)
+    start = time.monotonic()
+    try:
+        load_backbone_weights(model, "mobilenetv3", "imagenet")
+    except WeightsDownloadError as e:
+        error = e
+    else:
+        pytest.skip("ImageNet weights are reachable here (network or cache); nothing to check")
+    assert time.monotonic() - start < 60
+    assert isinstance(error, RuntimeError)
+    message = str(error)
+    assert "ImageNet weights" in message and "failed" in message
+    assert "--model=PATH" in message and "--model=none" in message
