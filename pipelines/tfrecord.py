@@ -1,0 +1,139 @@
+"""Sharded TFRecords: the fast input path for big COCO-format datasets.
+
+Convert once::
+
+    python -m pipelines.tfrecord --annotations A.json --images DIR --output OUT --shards N [--workers W]
+
+writes ``OUT/data-00000-of-0000N.tfrecord ...`` (image ``i`` of the JSON goes to shard ``i % N``; each
+record holds the features of ``pipelines/example.py``: the image file bytes, PNG-encoded instance masks
+rendered by pycocotools, contiguous labels) and ``OUT/dataset_info.json`` (the category mapping, the
+source annotation file, image and per-image instance counts). Crowd regions are not stored (they never
+become ground truth). Each shard is written under a temporary name and renamed when complete, and
+``dataset_info.json`` comes last, so a dataset with an info file is whole. Training reads it with
+``data.train_tfrecords=OUT`` (a folder or a glob).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import glob
+import json
+import multiprocessing
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from pipelines.coco import CocoDataset, DatasetError, ImageRecord, load_coco
+from pipelines.example import encode_record, serialize_example
+
+__all__ = ["INFO_FILE", "write_tfrecords", "list_tfrecord_files", "read_dataset_info", "main"]
+
+INFO_FILE = "dataset_info.json"
+
+
+def _write_shard(records: Sequence[ImageRecord], path: str) -> int:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for record in records:
+            writer.write(serialize_example(encode_record(record)))
+    os.replace(tmp, path)
+    return len(records)
+
+
+def write_tfrecords(dataset: CocoDataset, output_dir: str, num_shards: int, workers: int = 1,
+                    prefix: str = "data") -> list[str]:
+    """Writes ``dataset`` as ``num_shards`` TFRecord files plus ``dataset_info.json``.
+
+    Args:
+        dataset: a loaded :class:`~pipelines.coco.CocoDataset`.
+        output_dir: the output folder (created).
+        num_shards: number of files (use at least the number of input pipelines/hosts, e.g. 8-256).
+        workers: processes writing shards in parallel.
+        prefix: file name prefix.
+
+    Returns:
+        The shard paths, sorted.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    os.makedirs(output_dir, exist_ok=True)
+    paths = [os.path.join(output_dir, f"{prefix}-{k:05d}-of-{num_shards:05d}.tfrecord")
+             for k in range(num_shards)]
+    shards = [dataset.images[k::num_shards] for k in range(num_shards)]
+    if workers > 1:
+        context = multiprocessing.get_context("spawn")  # TF is not fork-safe
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            list(pool.map(_write_shard, shards, paths))
+    else:
+        for records, path in zip(shards, paths):
+            _write_shard(records, path)
+    histogram = collections.Counter(len(r.instances) for r in dataset.images)
+    info = {
+        "category_ids": list(dataset.category_ids),
+        "category_names": list(dataset.category_names),
+        "source_annotations": os.path.abspath(dataset.annotation_file),
+        "source_images": os.path.abspath(dataset.image_dir),
+        "num_images": len(dataset.images),
+        "num_instances": sum(len(r.instances) for r in dataset.images),
+        "instances_per_image": {str(k): v for k, v in sorted(histogram.items())},
+        "files": [os.path.basename(p) for p in paths],
+    }
+    tmp = os.path.join(output_dir, f".{INFO_FILE}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+    os.replace(tmp, os.path.join(output_dir, INFO_FILE))
+    return paths
+
+
+def list_tfrecord_files(pattern: str) -> list[str]:
+    """Sorted TFRecord files of a folder (``*.tfrecord*``) or a glob pattern; DatasetError if none."""
+    if os.path.isdir(pattern):
+        files = glob.glob(os.path.join(pattern, "*.tfrecord*"))
+    else:
+        files = glob.glob(pattern)
+    files = sorted(f for f in files if ".tmp." not in os.path.basename(f))
+    if not files:
+        raise DatasetError(f"{pattern}: data.train_tfrecords matches no TFRecord files")
+    return files
+
+
+def read_dataset_info(pattern: str) -> dict[str, Any]:
+    """The ``dataset_info.json`` beside the TFRecords of a folder or glob pattern."""
+    folder = pattern if os.path.isdir(pattern) else os.path.dirname(pattern)
+    path = os.path.join(folder, INFO_FILE)
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: missing; TFRecords must be written by `python -m pipelines.tfrecord`, "
+                           "which stores the category mapping there")
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    for key in ("category_ids", "category_names", "num_images"):
+        if key not in info:
+            raise DatasetError(f"{path}: missing field '{key}'")
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description="Convert a COCO-format dataset to sharded TFRecords.")
+    parser.add_argument("--annotations", required=True, help="COCO instances JSON")
+    parser.add_argument("--images", required=True, help="image folder the file names are relative to")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--skip_empty", action="store_true", help="drop images without instances")
+    args = parser.parse_args(argv)
+    try:
+        dataset = load_coco(args.annotations, args.images, skip_empty=args.skip_empty)
+        paths = write_tfrecords(dataset, args.output, args.shards, args.workers)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"wrote {len(dataset.images)} images ({dataset.num_categories} categories) to {len(paths)} "
+          f"shards in {args.output}")
+
+
+if __name__ == "__main__":
+    main()
