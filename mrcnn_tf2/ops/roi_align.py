@@ -15,7 +15,9 @@ Implementation: all levels are flattened into one ``[B * T, C]`` table (T = sum 
 reduced with their weights by one ``einsum``. The work does not grow with the number of levels, shapes
 stay static, and the gradient w.r.t. the features is a scatter-add. (This measured 3x faster on the CPU
 than ``tf.image.crop_and_resize`` on every level, and 3.4x faster than gathering the four corners
-separately.)
+separately.) The price is an intermediate of ``B * R * P * P * (2 * sampling_ratio)**2 * C`` float32 values
+(kept for the backward pass in training): 200M values (800 MB) for 1000 boxes at 7 x 7 x 256 with
+``sampling_ratio=2``; ``sampling_ratio=1`` quarters it.
 
 Shape shorthand: B images, R boxes per image, L levels, C channels, P = ``output_size``,
 S = ``output_size * sampling_ratio`` samples per side.
