@@ -223,8 +223,9 @@ def load_backbone_weights(backbone: keras.Model, name: str, weights: str) -> lis
         name: its backbone name (``"resnet50"``, ``"resnet101"``, ``"mobilenetv3"``).
         weights: ``"imagenet"`` (downloaded by ``keras.applications``, cached in ``~/.keras/models``) or
             the path of a weights file of the matching ``keras.applications`` model: a ``.weights.h5``
-            written by ``model.save_weights`` (with or without the classifier top), a legacy ``.h5``
-            weights file, or a full ``.keras`` / ``.h5`` model.
+            written by ``model.save_weights`` (with or without the classifier top), a ``.keras`` model,
+            or a legacy HDF5 ``.h5`` file (weights only, like the published ImageNet files, or a whole
+            model).
 
     Returns:
         Names of the backbone's layers with weights that received none (e.g. the ``*_gn`` layers of a
@@ -232,51 +233,101 @@ def load_backbone_weights(backbone: keras.Model, name: str, weights: str) -> lis
 
     Raises:
         WeightsDownloadError: ``"imagenet"`` could not be downloaded.
-        ValueError: unknown name, missing or unreadable file, no layer in common, or a shape mismatch.
+        ValueError: unknown name, missing or unreadable file, a file of another architecture, or a
+            shape mismatch. The backbone is left unchanged.
     """
     if name not in _APPLICATIONS:
         raise ValueError(f"unknown backbone '{name}'; choose one of {BACKBONES}")
-    source = _reference_model(name, weights)
-    source_weights = {layer.name: layer.weights for layer in source.layers if layer.weights}
+    app_name = f"keras.applications.{_APPLICATIONS[name].__name__}"
+    source = _source_weights(name, weights)
     ours = {layer.name for layer in backbone.layers if layer.weights}
-    if not ours & source_weights.keys():
-        raise ValueError(
-            f"weights '{weights}' share no layer name with backbone '{name}'; pass a weights file of "
-            f"keras.applications.{_APPLICATIONS[name].__name__}")
+    if not ours & source.keys():
+        raise ValueError(f"weights '{weights}' share no layer name with backbone '{name}'; pass a weights "
+                         f"file of {app_name}")
     # A source layer we lack is fine only for the classifier top and batch norms replaced by group
     # norms; anything else means another architecture (e.g. a ResNet-101 file for a ResNet-50).
-    foreign = [n for n in source_weights
-               if n not in ours and n not in _TOP_LAYERS
-               and not (n.endswith("_bn") and n[:-3] + "_gn" in ours)]
+    foreign = [n for n in source
+               if n not in ours and n not in _TOP_LAYERS and not (n.endswith("_bn") and n[:-3] + "_gn" in ours)]
     if foreign:
-        raise ValueError(
-            f"weights '{weights}' hold {len(foreign)} layers that backbone '{name}' lacks (e.g. "
-            f"{', '.join(foreign[:3])}); pass a weights file of "
-            f"keras.applications.{_APPLICATIONS[name].__name__}")
-    skipped = []
+        raise ValueError(f"weights '{weights}' hold {len(foreign)} layers that backbone '{name}' lacks "
+                         f"(e.g. {', '.join(foreign[:3])}); pass a weights file of {app_name}")
+    skipped, pairs = [], []
     for layer in backbone.layers:
         if not layer.weights:
             continue
-        if layer.name not in source_weights:
+        if layer.name not in source:
             skipped.append(layer.name)
             continue
-        src = source_weights[layer.name]
+        values = _align(layer.weights, source[layer.name])
         ours_shapes = [tuple(v.shape) for v in layer.weights]
-        src_shapes = [tuple(v.shape) for v in src]
+        src_shapes = [tuple(a.shape) for a in values]
         if ours_shapes != src_shapes:
             raise ValueError(
                 f"cannot load weights '{weights}' into backbone '{name}': layer '{layer.name}' has weight "
-                f"shapes {ours_shapes} but the file has {src_shapes}; is it a weights file of "
-                f"keras.applications.{_APPLICATIONS[name].__name__}?")
-        for variable, value in zip(layer.weights, src):
-            variable.assign(np.asarray(keras.ops.convert_to_numpy(value)))
+                f"shapes {ours_shapes} but the file has {src_shapes}; is it a weights file of {app_name}?")
+        pairs.extend(zip(layer.weights, values))
+    # Assign only once everything matched, so a failed load leaves the backbone untouched.
+    for variable, value in pairs:
+        variable.assign(value)
     return skipped
 
 
+_NamedArrays = list[tuple[str, np.ndarray]]
+
+
+def _align(variables: Sequence[keras.Variable], named: _NamedArrays) -> list[np.ndarray]:
+    """Source arrays in the order of ``variables``: by variable name when the names agree, else as stored."""
+    by_name = dict(named)
+    if len(by_name) == len(named) == len(variables) and {v.name for v in variables} == by_name.keys():
+        return [by_name[v.name] for v in variables]
+    return [array for _, array in named]
+
+
+def _source_weights(name: str, weights: str) -> dict[str, _NamedArrays]:
+    """``{layer name: [(weight name, array), ...]}`` of ``weights`` (downloaded or read from a file)."""
+    if weights != "imagenet" and not os.path.isfile(weights):
+        raise ValueError(f"weights '{weights}' is neither 'imagenet' nor an existing file; pass "
+                         f"--model=imagenet, --model=none or the path of a weights file")
+    if weights.endswith(".h5") and not weights.endswith(".weights.h5"):
+        legacy = _read_legacy_h5(weights)
+        if legacy is not None:
+            return legacy
+    model = _reference_model(name, weights)
+    return {layer.name: [(v.name, keras.ops.convert_to_numpy(v)) for v in layer.weights]
+            for layer in model.layers if layer.weights}
+
+
+def _read_legacy_h5(path: str) -> dict[str, _NamedArrays] | None:
+    """Reads a Keras 2-style HDF5 file (weights only, or a whole model) by layer name; None if not one.
+
+    Layout: a ``layer_names`` attribute (at the root, or on the ``model_weights`` group of a whole model)
+    and one group per layer whose ``weight_names`` attribute lists its datasets, e.g.
+    ``conv1_bn/gamma:0``.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            root = f["model_weights"] if "model_weights" in f else f
+            if "layer_names" not in root.attrs:
+                return None
+            out = {}
+            for layer_name in _decode(root.attrs["layer_names"]):
+                group = root[layer_name]
+                names = _decode(group.attrs.get("weight_names", []))
+                if names:
+                    out[layer_name] = [(n.split("/")[-1].split(":")[0], np.asarray(group[n])) for n in names]
+            return out
+    except OSError as e:
+        raise ValueError(f"could not read the HDF5 weights file '{path}': {e}") from e
+
+
+def _decode(values: Sequence[bytes | str]) -> list[str]:
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
 def _reference_model(name: str, weights: str) -> keras.Model:
-    """The keras.applications model for ``name`` holding ``weights`` (downloaded or read from a file)."""
+    """The keras.applications model for ``name`` holding ``weights`` ("imagenet", .keras, .weights.h5)."""
     app = _APPLICATIONS[name]
-    extra = {"include_preprocessing": True} if name == "mobilenetv3" else {}
+    extra = {"include_preprocessing": True, "input_shape": (224, 224, 3)} if name == "mobilenetv3" else {}
     if weights == "imagenet":
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)  # fail fast instead of hanging on a dead network
@@ -291,10 +342,7 @@ def _reference_model(name: str, weights: str) -> keras.Model:
                 f"with network access), or train from scratch with --model=none.") from e
         finally:
             socket.setdefaulttimeout(previous)
-    if not os.path.isfile(weights):
-        raise ValueError(f"weights '{weights}' is neither 'imagenet' nor an existing file; pass "
-                         f"--model=imagenet, --model=none or the path of a weights file")
-    if weights.endswith(".keras") or _is_full_h5_model(weights):
+    if weights.endswith(".keras"):
         try:
             with _quiet_keras_loading():
                 return keras.saving.load_model(weights, compile=False)
@@ -317,17 +365,6 @@ def _quiet_keras_loading() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Skipping nested container")
         yield
-
-
-def _is_full_h5_model(path: str) -> bool:
-    """True for a legacy HDF5 file holding a whole model (architecture + weights)."""
-    if not path.endswith(".h5") or path.endswith(".weights.h5"):
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            return "model_config" in f.attrs
-    except OSError:
-        return False
 
 
 def feature_channels(backbone: keras.Model) -> Sequence[int]:

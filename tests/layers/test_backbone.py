@@ -2,6 +2,7 @@
 
 import time
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -95,6 +96,28 @@ def test_load_mobilenetv3_weights_files(tmp_path):
     assert _assert_all_loaded(ours, source, []) == len(ours.weights)
 
 
+def _write_legacy_h5(model: keras.Model, path: str) -> None:
+    """Keras 2 HDF5 weights layout (that of the published ImageNet files), weights in reverse order."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+        for layer in model.layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0" for w in layer.weights][::-1]
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for n, w in zip(names, layer.weights[::-1]):
+                group.create_dataset(n, data=w.numpy())
+
+
+def test_load_legacy_h5_weights_by_layer_and_weight_name(tmp_path):
+    ours = build_backbone("mobilenetv3", norm="bn", image_size=64)
+    source = keras.applications.MobileNetV3Large(weights=None, include_top=False, include_preprocessing=True)
+    _randomize(source, seed=4)
+    path = str(tmp_path / "mobilenet_notop.h5")
+    _write_legacy_h5(source, path)
+    assert load_backbone_weights(ours, "mobilenetv3", path) == []
+    assert _assert_all_loaded(ours, source, []) == len(ours.weights)
+
+
 def test_load_into_group_norm_skips_norm_layers(tmp_path):
     ours = build_backbone("resnet50", norm="gn")
     source = keras.applications.ResNet50(weights=None, include_top=False)
@@ -127,16 +150,17 @@ def test_load_rejects_mismatched_files(tmp_path):
         load_backbone_weights(ours, "mobilenetv3", path)
     with pytest.raises(ValueError, match="share no layer name"):
         load_backbone_weights(ours, "mobilenetv3", str(tmp_path / "resnet.keras"))
+    # Layers the backbone lacks (as a ResNet-101 file has for a ResNet-50: conv4_block7..23).
+    stem = keras.Model(inputs, keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False,
+                                                   name="conv")(inputs))
+    extra = keras.layers.Conv2D(4, 1, name="conv4_block7_1_conv")(stem.output)
+    keras.Model(inputs, extra).save(str(tmp_path / "bigger.keras"))
+    before = [w.numpy() for w in ours.weights]
+    with pytest.raises(ValueError, match="lacks .*conv4_block7_1_conv"):
+        load_backbone_weights(ours, "mobilenetv3", str(tmp_path / "bigger.keras"))
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, ours.weights))  # left untouched
     with pytest.raises(ValueError, match="neither 'imagenet' nor an existing file"):
         load_backbone_weights(ours, "mobilenetv3", str(tmp_path / "missing.weights.h5"))
-
-
-def test_load_resnet101_file_into_resnet50_is_rejected(tmp_path, resnet50):
-    source = keras.applications.ResNet101(weights=None, include_top=False, input_shape=(64, 64, 3))
-    path = str(tmp_path / "resnet101.keras")
-    source.save(path)
-    with pytest.raises(ValueError, match="lacks .*conv4_block7"):
-        load_backbone_weights(resnet50, "resnet50", path)
 
 
 # ---------------------------------------------------------------------------------------------
