@@ -1,10 +1,10 @@
 """Tests for mrcnn_tf2.evaluation against pycocotools on a tiny COCO JSON written in tmp_path.
 
 Every object is a 16 x 16 (M x M) shape in original pixels, so pasting its M x M mask back with
-aligned-centre bilinear sampling reproduces it exactly and perfect detections score AP 1.0.
+aligned-centre bilinear sampling (ops.mask_ops.paste_masks_numpy) reproduces it exactly and perfect
+detections score AP 1.0.
 """
 
-import importlib.util
 import json
 
 import numpy as np
@@ -18,33 +18,6 @@ from mrcnn_tf2 import evaluation
 M = 16
 CATEGORY_IDS = (3, 7)
 CATEGORY_NAMES = ("angular", "round")
-
-
-def _private_reference_paste(masks, boxes, height, width):
-    """Test-only stand-in for ops.mask_ops.paste_masks_numpy while it has not landed: aligned-centre
-    bilinear sampling of each [M, M] grid spanning its yxyx box, 0 outside the box."""
-    out = np.zeros((len(masks), height, width), np.float32)
-    m = masks.shape[-1]
-    for n, (mask, (y1, x1, y2, x2)) in enumerate(zip(masks, boxes)):
-        for i in range(height):
-            for j in range(width):
-                cy, cx = i + 0.5, j + 0.5
-                if not (y1 <= cy < y2 and x1 <= cx < x2):
-                    continue
-                gy = np.clip((cy - y1) / (y2 - y1) * m - 0.5, 0, m - 1)
-                gx = np.clip((cx - x1) / (x2 - x1) * m - 0.5, 0, m - 1)
-                y0, x0 = int(np.floor(gy)), int(np.floor(gx))
-                ya, xa = min(y0 + 1, m - 1), min(x0 + 1, m - 1)
-                wy, wx = gy - y0, gx - x0
-                out[n, i, j] = ((1 - wy) * (1 - wx) * mask[y0, x0] + (1 - wy) * wx * mask[y0, xa]
-                                + wy * (1 - wx) * mask[ya, x0] + wy * wx * mask[ya, xa])
-    return out
-
-
-@pytest.fixture(autouse=True)
-def _paste(monkeypatch):
-    if importlib.util.find_spec("mrcnn_tf2.ops.mask_ops") is None:
-        monkeypatch.setattr(evaluation, "_paste_masks", _private_reference_paste)
 
 
 def _shape(kind):
