@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from mrcnn_tf2 import config as config_lib
@@ -33,6 +34,9 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
     size = m.image_size
     backbone = build_backbone(m.backbone, norm=m.norm, train_layers=m.train_layers, image_size=size,
                               gn_groups=m.gn_groups)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = m.bn_momentum
     fpn = FPN(min_level=m.min_level, max_level=m.max_level, num_channels=m.fpn_channels,
               norm="gn" if m.norm == "gn" else None, gn_groups=m.gn_groups, name="fpn")
     rpn_head = RPNHead(num_anchors=len(m.aspect_ratios), num_channels=m.fpn_channels,

@@ -113,6 +113,8 @@ class ModelConfig:
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     pixel_normalization: str = "caffe"
     gn_groups: int = 32
+    # Moving-average momentum of trainable batch norm; from-scratch training wants fast statistics.
+    bn_momentum: float = 0.99
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: ROIConfig = field(default_factory=ROIConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -236,6 +238,7 @@ def _shapes() -> Config:
             fpn_channels=64,
             anchor_sizes=(16.0, 32.0, 64.0, 128.0),
             pixel_normalization="none",
+            bn_momentum=0.9,
             rpn=RPNConfig(
                 anchors_per_image=128,
                 pre_nms_topk_train=300,
@@ -475,6 +478,7 @@ def validate(cfg: Config) -> Config:
     if m.norm == "gn":
         _check(m.fpn_channels % m.gn_groups == 0,
                f"model.fpn_channels={m.fpn_channels} must be divisible by model.gn_groups={m.gn_groups}")
+    _check(0 <= m.bn_momentum < 1, f"model.bn_momentum={m.bn_momentum} must be in [0, 1)")
     if m.backbone == "mobilenetv3":
         _check(m.min_level >= 2 and m.train_layers in ("heads", "all"),
                "model.train_layers for mobilenetv3 must be 'heads' or 'all'")

@@ -25,16 +25,21 @@ class BoxHead(keras.layers.Layer):
         self.num_classes = num_classes
         self.fc_dim = fc_dim
         self.num_fcs = num_fcs
-        self.fcs = [keras.layers.Dense(fc_dim, activation="relu", name=f"fc_{i}") for i in range(num_fcs)]
+        # One attribute per sublayer: tf.train.Checkpoint does not see layers held in a list.
+        for i in range(num_fcs):
+            setattr(self, f"fc_{i}", keras.layers.Dense(fc_dim, activation="relu", name=f"fc_{i}"))
         self.class_logits = keras.layers.Dense(
             num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="class_logits")
         self.box_deltas = keras.layers.Dense(
             4 * num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="box_deltas")
 
+    def _fcs(self) -> list[keras.layers.Layer]:
+        return [getattr(self, f"fc_{i}") for i in range(self.num_fcs)]
+
     def build(self, input_shape):
         flat = (None, None, input_shape[2] * input_shape[3] * input_shape[4])
         shape = flat
-        for fc in self.fcs:
+        for fc in self._fcs():
             fc.build(shape)
             shape = (None, None, self.fc_dim)
         self.class_logits.build(shape)
@@ -50,7 +55,7 @@ class BoxHead(keras.layers.Layer):
         """
         shape = tf.shape(roi_features)
         x = tf.reshape(roi_features, [shape[0], shape[1], -1])  # [B, R, P*P*C]
-        for fc in self.fcs:
+        for fc in self._fcs():
             x = fc(x)
         logits = tf.cast(self.class_logits(x), tf.float32)
         deltas = tf.cast(self.box_deltas(x), tf.float32)

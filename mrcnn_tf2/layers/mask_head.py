@@ -26,16 +26,21 @@ class MaskHead(keras.layers.Layer):
         self.num_convs = num_convs
         self.num_channels = num_channels
         init = keras.initializers.HeNormal()
-        self.convs = [keras.layers.Conv2D(num_channels, 3, padding="same", activation="relu",
-                                          kernel_initializer=init, name=f"conv_{i}")
-                      for i in range(num_convs)]
+        # One attribute per sublayer: tf.train.Checkpoint does not see layers held in a list.
+        for i in range(num_convs):
+            setattr(self, f"conv_{i}", keras.layers.Conv2D(
+                num_channels, 3, padding="same", activation="relu",
+                kernel_initializer=init, name=f"conv_{i}"))
         self.upsample = keras.layers.Conv2DTranspose(num_channels, 2, strides=2, activation="relu",
                                                      kernel_initializer=init, name="upsample")
         self.mask_logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer=init, name="mask_logits")
 
+    def _convs(self) -> list[keras.layers.Layer]:
+        return [getattr(self, f"conv_{i}") for i in range(self.num_convs)]
+
     def build(self, input_shape):
         shape = (None,) + tuple(input_shape[2:])
-        for conv in self.convs:
+        for conv in self._convs():
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
         self.upsample.build(shape)
@@ -53,7 +58,7 @@ class MaskHead(keras.layers.Layer):
         """
         shape = tf.shape(roi_features)
         x = tf.reshape(roi_features, tf.concat([[-1], shape[2:]], axis=0))  # [B*R, P, P, C]
-        for conv in self.convs:
+        for conv in self._convs():
             x = conv(x)
         x = self.upsample(x)
         logits = tf.cast(self.mask_logits(x), tf.float32)  # [B*R, M, M, K]

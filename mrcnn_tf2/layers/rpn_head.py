@@ -28,17 +28,20 @@ class RPNHead(keras.layers.Layer):
         self.num_channels = num_channels
         self.num_convs = num_convs
         init = keras.initializers.RandomNormal(stddev=0.01)
-        self.convs = [
-            keras.layers.Conv2D(num_channels, 3, padding="same", activation="relu",
-                                kernel_initializer=init, name=f"conv_{i}")
-            for i in range(num_convs)
-        ]
+        # One attribute per sublayer: tf.train.Checkpoint does not see layers held in a list.
+        for i in range(num_convs):
+            setattr(self, f"conv_{i}", keras.layers.Conv2D(
+                num_channels, 3, padding="same", activation="relu",
+                kernel_initializer=init, name=f"conv_{i}"))
         self.objectness = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="objectness")
         self.deltas = keras.layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init, name="deltas")
 
+    def _convs(self) -> list[keras.layers.Layer]:
+        return [getattr(self, f"conv_{i}") for i in range(self.num_convs)]
+
     def build(self, input_shape):
         shape = next(iter(input_shape.values())) if isinstance(input_shape, dict) else input_shape
-        for conv in self.convs:
+        for conv in self._convs():
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
         self.objectness.build(shape)
@@ -57,7 +60,7 @@ class RPNHead(keras.layers.Layer):
         """
         logits, deltas = {}, {}
         for level, x in features.items():
-            for conv in self.convs:
+            for conv in self._convs():
                 x = conv(x)
             batch = tf.shape(x)[0]
             # [B, H, W, A] -> [B, H*W*A]; [B, H, W, 4A] -> [B, H*W*A, 4]

@@ -117,3 +117,23 @@ def test_detection_generator_decodes_per_class_and_suppresses():
     p = np.exp(big) / (np.exp(big) + 2)
     np.testing.assert_allclose(out["detection_scores"][0, :n].numpy(), [p, p], rtol=1e-5)
     assert np.all(out["detection_boxes"][0, n:].numpy() == 0) and np.all(out["detection_classes"][0, n:] == 0)
+
+
+@pytest.mark.parametrize("make, args", [
+    (lambda: RPNHead(num_anchors=3, num_channels=8, num_convs=2), lambda: ({2: tf.zeros([1, 8, 8, 8])},)),
+    (lambda: BoxHead(num_classes=3, fc_dim=8, num_fcs=2), lambda: (tf.zeros([1, 2, 7, 7, 4]),)),
+    (lambda: MaskHead(num_classes=3, num_convs=2, num_channels=4),
+     lambda: (tf.zeros([1, 2, 14, 14, 4]), tf.zeros([1, 2], tf.int32))),
+], ids=["rpn_head", "box_head", "mask_head"])
+def test_checkpoint_saves_every_weight(make, args, tmp_path):
+    layer = make()
+    layer(*args())
+    path = tf.train.Checkpoint(layer=layer).save(str(tmp_path / "ckpt"))
+    saved = [name for name, _ in tf.train.list_variables(path) if "OPTIMIZER_SLOT" not in name
+             and not name.startswith("_CHECKPOINTABLE") and name != "save_counter/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert len(saved) == len(layer.weights)
+    clone = make()
+    clone(*args())
+    tf.train.Checkpoint(layer=clone).restore(path).assert_consumed()
+    for a, b in zip(layer.weights, clone.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
