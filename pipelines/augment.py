@@ -95,7 +95,7 @@ def rotate(image: tf.Tensor, masks: tf.Tensor, angle: tf.Tensor) -> tuple[tf.Ten
 
     image = warp(tf.cast(image, tf.float32)[None], "BILINEAR")[0]
     # Masks as channels of one image; a zero channel keeps N = 0 valid.
-    stacked = tf.concat([tf.transpose(masks, [1, 2, 0]), tf.zeros_like(masks[:1])[0][..., None]], axis=-1)
+    stacked = tf.concat([tf.transpose(masks, [1, 2, 0]), tf.zeros_like(image[..., :1], masks.dtype)], axis=-1)
     masks = tf.transpose(warp(stacked[None], "NEAREST")[0, :, :, :-1], [2, 0, 1])
     return image, masks
 
