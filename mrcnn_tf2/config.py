@@ -420,9 +420,10 @@ def load(path: str, overrides: Mapping[str, Any] | typing.Iterable[str] | None =
         raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
     data = dict(data)
     base_name = data.pop("base", None)
-    base = PRESETS[base_name]() if base_name else None
     if base_name and base_name not in PRESETS:
-        raise ConfigError(f"config file '{path}': unknown base preset '{base_name}'")
+        raise ConfigError(f"config file '{path}': unknown base preset '{base_name}'; "
+                          f"choose one of: {', '.join(PRESETS)}")
+    base = PRESETS[base_name]() if base_name else None
     return validate(apply_overrides(from_dict(data, base), overrides))
 
 
