@@ -1,0 +1,160 @@
+"""Versioned SavedModel export for TF Serving: checkpoint -> ``<export_dir>/<version>/``.
+
+This module owns the on-disk layout of an export::
+
+    <export_dir>/<version>/          version = 1 + the largest integer folder already there
+        saved_model.pb               signatures serving_default (tf.string) and serve_image_tensor (uint8)
+        variables/                   the weights the endpoints read, stored once
+        assets.extra/config.json     the resolved config (mrcnn_tf2.config.to_dict)
+        assets.extra/categories.json label -> dataset category id and name
+
+The SavedModel is written with ``keras.export.ExportArchive`` *without* ``track(model)``: the archive
+then saves exactly the variables the endpoints capture, and the signature functions read the same
+variable handles that the MetaGraph's saver restores. That is what TF Serving's C++ loader needs
+(import the MetaGraph, run the restore op, run the signature tensors); a ``tf.Module`` wrapper around
+a Keras 3 model loads in Python but fails there with "Could not find variable", and ``track(model)``
+stores every weight twice. TF Serving only reads ``assets.extra/tf_serving_warmup_requests`` from
+``assets.extra/`` and ignores the other files.
+
+A version is written into a hidden temporary folder and renamed into place when complete, so a model
+server polling ``<export_dir>`` never sees half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+
+from export.serving import IMAGE_BYTES_SIGNATURE, IMAGE_TENSOR_SIGNATURE, ServingEndpoints
+from mrcnn_tf2 import config as config_lib
+
+__all__ = ["SERVING_DEFAULT", "SERVE_IMAGE_TENSOR", "EXTRA_DIR", "next_version", "export_saved_model",
+           "export_from_checkpoint", "weights_bytes", "variables_bytes"]
+
+SERVING_DEFAULT = "serving_default"
+SERVE_IMAGE_TENSOR = "serve_image_tensor"
+EXTRA_DIR = "assets.extra"
+_VERSION = re.compile(r"^\d+$")
+
+
+def next_version(export_dir: str) -> int:
+    """1 + the largest integer-named folder in ``export_dir`` (1 when there is none)."""
+    if not os.path.isdir(export_dir):
+        return 1
+    versions = [int(name) for name in os.listdir(export_dir)
+                if _VERSION.match(name) and os.path.isdir(os.path.join(export_dir, name))]
+    return max(versions, default=0) + 1
+
+
+def weights_bytes(model: keras.Model) -> int:
+    """Bytes of the model's weights (every variable, at its dtype)."""
+    return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize for v in model.weights))
+
+
+def variables_bytes(saved_model_dir: str) -> int:
+    """Bytes on disk of ``<saved_model_dir>/variables/``."""
+    root = os.path.join(saved_model_dir, "variables")
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
+
+
+def _write_extras(cfg: config_lib.Config, directory: str) -> None:
+    extra = os.path.join(directory, EXTRA_DIR)
+    os.makedirs(extra, exist_ok=True)
+    with open(os.path.join(extra, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config_lib.to_dict(cfg), f, indent=2, sort_keys=True)
+    ids, names = cfg.data.category_ids, cfg.data.category_names
+    categories = [{"label": label,
+                   "category_id": ids[label - 1] if ids else label,
+                   "name": names[label - 1] if names else str(label)}
+                  for label in range(1, cfg.model.num_classes)]
+    with open(os.path.join(extra, "categories.json"), "w", encoding="utf-8") as f:
+        json.dump({"categories": categories,
+                   "note": "detection_classes holds category_id; label is the model's contiguous class"},
+                  f, indent=2)
+
+
+def export_saved_model(model: keras.Model, cfg: config_lib.Config, export_dir: str) -> str:
+    """Writes the model as the next version of ``export_dir`` and returns that version's path.
+
+    Args:
+        model: a built ``MaskRCNN`` holding the weights to serve (built from ``cfg``).
+        cfg: the resolved config; ``model.image_size``, ``model.pixel_normalization``,
+            ``model.detection.max_detections``, ``model.roi.mask_size`` and ``data.category_ids`` shape
+            the signatures, and the whole config is written to ``assets.extra/config.json``.
+        export_dir: the model base path TF Serving watches (created if missing).
+
+    Returns:
+        ``<export_dir>/<version>``, a complete SavedModel with the signatures ``serving_default``
+        (``images: tf.string [B]``) and ``serve_image_tensor`` (``images: tf.uint8 [B, h, w, 3]``).
+    """
+    m = cfg.model
+    endpoints = ServingEndpoints(model, m.image_size, m.pixel_normalization, cfg.data.category_ids,
+                                 m.detection.max_detections, m.roi.mask_size)
+    archive = keras.export.ExportArchive()
+    # No archive.track(model): see the module docstring (variables stored once, C++ loader works).
+    archive.add_endpoint(SERVING_DEFAULT, endpoints.serve_image_bytes, list(IMAGE_BYTES_SIGNATURE))
+    archive.add_endpoint(SERVE_IMAGE_TENSOR, endpoints.serve_image_tensor, list(IMAGE_TENSOR_SIGNATURE))
+
+    os.makedirs(export_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=export_dir)  # not an integer: servers skip it
+    try:
+        target = os.path.join(staging, "model")
+        archive.write_out(target, verbose=False)
+        _write_extras(cfg, target)
+        while True:
+            final = os.path.join(export_dir, str(next_version(export_dir)))
+            try:
+                os.rename(target, final)  # fails if a concurrent export took this number
+                return final
+            except OSError:
+                if not os.path.isdir(final):
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_from_checkpoint(cfg: config_lib.Config, checkpoint: str, model_dir: str, export_dir: str) -> str:
+    """Builds the model from ``cfg``, restores a training checkpoint and exports it.
+
+    Only the model is restored (optimizer slots in the checkpoint are ignored).
+
+    Args:
+        cfg: the resolved config the checkpoint was trained with.
+        checkpoint: ``"last"`` (the newest checkpoint in ``<model_dir>/checkpoints``), a checkpoint
+            prefix (``.../ckpt-<step>``) or a folder holding a ``checkpoint`` state file.
+        model_dir: the training folder (used for ``"last"``).
+        export_dir: the model base path; the export goes to ``<export_dir>/<next version>``.
+
+    Returns:
+        The path of the written version.
+
+    Raises:
+        FileNotFoundError: no checkpoint was found.
+    """
+    from mrcnn_tf2.builder import build_model
+    from mrcnn_tf2.training import CheckpointKeeper
+
+    model = build_model(cfg)
+    keeper = CheckpointKeeper(model_dir, model)
+    if checkpoint == "last":
+        path = keeper.latest_path()
+        if path is None:
+            raise FileNotFoundError(
+                f"no checkpoint to export in '{keeper.directory}': train first (--mode=train) or pass "
+                "--model=PATH with a checkpoint prefix such as logs/checkpoints/ckpt-3000")
+    else:
+        path = checkpoint
+    try:
+        keeper.restore(path, strict=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no checkpoint at '{path}': pass --model=last or a checkpoint prefix such as "
+            f"{os.path.join(keeper.directory, 'ckpt-<step>')} (the files are ckpt-<step>.index and "
+            "ckpt-<step>.data-*)") from None
+    return export_saved_model(model, cfg, export_dir)
