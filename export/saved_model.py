@@ -30,9 +30,12 @@ import tempfile
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from export.serving import IMAGE_BYTES_SIGNATURE, IMAGE_TENSOR_SIGNATURE, ServingEndpoints
 from mrcnn_tf2 import config as config_lib
+from mrcnn_tf2.builder import build_model
+from mrcnn_tf2.training import CheckpointKeeper
 
 __all__ = ["SERVING_DEFAULT", "SERVE_IMAGE_TENSOR", "EXTRA_DIR", "next_version", "export_saved_model",
            "export_from_checkpoint", "weights_bytes", "variables_bytes"]
@@ -137,24 +140,26 @@ def export_from_checkpoint(cfg: config_lib.Config, checkpoint: str, model_dir: s
     Raises:
         FileNotFoundError: no checkpoint was found.
     """
-    from mrcnn_tf2.builder import build_model
-    from mrcnn_tf2.training import CheckpointKeeper
-
+    prefix = _resolve_checkpoint(checkpoint, model_dir)  # before building: fail fast
     model = build_model(cfg)
-    keeper = CheckpointKeeper(model_dir, model)
-    if checkpoint == "last":
-        path = keeper.latest_path()
-        if path is None:
-            raise FileNotFoundError(
-                f"no checkpoint to export in '{keeper.directory}': train first (--mode=train) or pass "
-                "--model=PATH with a checkpoint prefix such as logs/checkpoints/ckpt-3000")
-    else:
-        path = checkpoint
-    try:
-        keeper.restore(path, strict=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no checkpoint at '{path}': pass --model=last or a checkpoint prefix such as "
-            f"{os.path.join(keeper.directory, 'ckpt-<step>')} (the files are ckpt-<step>.index and "
-            "ckpt-<step>.data-*)") from None
+    CheckpointKeeper(model_dir, model).restore(prefix, strict=False)
     return export_saved_model(model, cfg, export_dir)
+
+
+def _resolve_checkpoint(checkpoint: str, model_dir: str) -> str:
+    """``"last"``, a prefix or a folder -> an existing checkpoint prefix (FileNotFoundError if none)."""
+    directory = os.path.join(model_dir, "checkpoints")
+    example = os.path.join(directory, "ckpt-<step>")
+    if checkpoint == "last":
+        prefix = tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+        if prefix is None:
+            raise FileNotFoundError(
+                f"no checkpoint to export in '{directory}': train first (--mode=train) or pass "
+                f"--model=PATH with a checkpoint prefix such as {example}")
+        return prefix
+    prefix = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    if not prefix or not tf.io.gfile.exists(prefix + ".index"):
+        raise FileNotFoundError(
+            f"no checkpoint at '{checkpoint}': pass --model=last or a checkpoint prefix such as {example} "
+            "(its files are ckpt-<step>.index and ckpt-<step>.data-*)")
+    return prefix
