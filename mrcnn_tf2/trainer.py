@@ -4,6 +4,13 @@ Keras 3 ``model.fit`` does not run under MultiWorkerMirroredStrategy (keras-team
 training calls ``model.train_step`` through ``strategy.run`` inside one ``tf.function``, with a Keras
 ``Progbar`` for the console and hooks for checkpoints, TensorBoard and evaluation. ``model.fit``
 still works for users who call it directly.
+
+Resuming is exact: the loop starts at ``keeper.step`` (restored with the model and the optimizer,
+whose ``iterations`` drive the LR schedule) and positions the input at the same place by skipping the
+batches already consumed (:func:`distributed_dataset`). The skip runs on the batched dataset, so the
+skipped batches are still read and decoded once (cheap for small datasets, a start-up delay for very
+long runs on big ones); the data order and the augmentation seeds, which derive from each example's
+position in the stream, are those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -11,16 +18,31 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mrcnn_tf2 import training
+
+__all__ = [
+    "TrainingDivergedError",
+    "LoopOptions",
+    "EvalOutput",
+    "is_chief",
+    "batches_per_step",
+    "distributed_dataset",
+    "make_step_fn",
+    "current_learning_rate",
+    "train",
+    "model_dir_paths",
+]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -29,17 +51,43 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class LoopOptions:
-    """What the loop needs besides the model (plain values; main.py fills them from the config)."""
+    """What the loop needs besides the model (plain values; the CLI fills them from the config).
+
+    Attributes:
+        model_dir: run directory (checkpoints in ``checkpoints/``, TensorBoard in ``train/``, ``eval/``).
+        total_steps: the global step to train up to.
+        global_batch_size: images per step over all replicas (for img/s).
+        checkpoint_every: save every this many steps (and at the last step, the end of each epoch and
+            when ``max_seconds`` stops the run).
+        log_every: TensorBoard scalars every this many steps (and the console, when it is not a TTY).
+        eval_every: call ``eval_fn`` every this many steps and at the last step; 0 = never.
+        steps_per_epoch: for the epoch counter and epoch-end checkpoints; 0 = unknown (epoch stays 0).
+        max_seconds: stop after the step during which the training time (evaluation excluded) passes
+            this many seconds; 0 = no limit.
+        eval_at_seconds: also call ``eval_fn`` when the training time passes each of these marks.
+        jit_compile: compile the per-replica step with XLA.
+        verbose: show the progress bar.
+    """
 
     model_dir: str
     total_steps: int
     global_batch_size: int
     checkpoint_every: int = 1000
-    keep_checkpoints: int = 5
     log_every: int = 20
     eval_every: int = 0
-    steps_per_epoch: int = 0  # 0 = unknown (epoch counter stays 0)
+    steps_per_epoch: int = 0
+    max_seconds: float = 0.0
+    eval_at_seconds: Sequence[float] = field(default_factory=tuple)
+    jit_compile: bool = False
     verbose: bool = True
+
+
+@dataclass
+class EvalOutput:
+    """What an evaluation hook returns: scalars for TensorBoard and optional images ([N, H, W, 3] uint8)."""
+
+    scalars: Mapping[str, float]
+    images: np.ndarray | None = None
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -54,98 +102,173 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-def worker_dir(model_dir: str, chief: bool) -> str:
-    """The chief writes to model_dir; other workers to a temporary dir that is removed afterwards."""
-    return model_dir if chief else tempfile.mkdtemp(prefix="mrcnn_worker_")
+def batches_per_step(input_context: tf.distribute.InputContext) -> int:
+    """Per-replica batches one input pipeline yields per global step (its replicas take one each)."""
+    return max(1, input_context.num_replicas_in_sync // max(1, input_context.num_input_pipelines))
 
 
-def make_step_fn(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable[[Any], dict]:
-    """A tf.function that runs one distributed train step and returns replica-averaged logs."""
+def distributed_dataset(strategy: tf.distribute.Strategy,
+                        dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+                        start_step: int = 0) -> tf.distribute.DistributedDataset:
+    """The per-replica input, positioned after ``start_step`` global steps.
+
+    Args:
+        strategy: the distribution strategy.
+        dataset_fn: ``input_context -> tf.data.Dataset`` of per-replica batches (an endless stream),
+            e.g. ``lambda ctx: pipelines.input_pipeline.build_dataset(cfg, "train", ctx)``.
+        start_step: global steps already trained; each pipeline skips
+            ``start_step * batches_per_step(ctx)`` batches.
+    """
+
+    def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = dataset_fn(ctx)
+        skip = int(start_step) * batches_per_step(ctx)
+        return dataset.skip(skip) if skip else dataset
+
+    return strategy.distribute_datasets_from_function(fn)
+
+
+def make_step_fn(model: keras.Model, strategy: tf.distribute.Strategy,
+                 jit_compile: bool = False) -> Callable[[Any], dict[str, tf.Tensor]]:
+    """A ``tf.function(iterator) -> logs`` running one distributed ``model.train_step``.
+
+    The logs are the model's tracker values (``loss``, each loss term, ``grad_norm``) averaged over
+    replicas; reset the trackers before each call to get this step's values.
+    """
+    replica_step = tf.function(model.train_step, jit_compile=True) if jit_compile else model.train_step
 
     @tf.function
     def step(iterator):
-        logs = strategy.run(model.train_step, args=(next(iterator),))
+        logs = strategy.run(replica_step, args=(next(iterator),))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
 
     return step
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The learning rate the next step uses (the schedule at ``optimizer.iterations``)."""
     lr = optimizer.learning_rate
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
+def _diverged(step: int, logs: Mapping[str, float], last_saved: str | None) -> TrainingDivergedError:
+    values = ", ".join(f"{k}={v:.4g}" for k, v in logs.items())
+    return TrainingDivergedError(
+        f"training diverged at step {step}: a non-finite value appeared ({values}). No checkpoint was "
+        f"written after it; the last good checkpoint is {last_saved or 'none (no checkpoint yet)'}. Lower "
+        "train.learning_rate or train.clip_norm, raise train.warmup_steps, or check the data, then resume "
+        "with --model=last.")
+
+
 def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
-          dataset_fn: Callable[[tf.distribute.InputContext, int], tf.data.Dataset], options: LoopOptions,
-          keeper: training.CheckpointKeeper, eval_fn: Callable[[int], dict] | None = None,
+          dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], options: LoopOptions,
+          keeper: training.CheckpointKeeper, eval_fn: Callable[[int], EvalOutput] | None = None,
           chief: bool = True) -> dict[str, float]:
-    """Trains until ``options.total_steps`` (resuming from ``keeper.step``).
+    """Trains from ``keeper.step`` up to ``options.total_steps``.
 
     Args:
-      model: a built MaskRCNN compiled with ``optimizer`` (both created under ``strategy.scope()``).
-      optimizer: the model's optimizer, already built (``optimizer.build(model.trainable_variables)``).
-      strategy: the distribution strategy.
-      dataset_fn: ``(input_context, start_step) -> per-replica batched dataset`` positioned at
-        ``start_step`` (for exact resumption).
-      options: loop settings.
-      keeper: checkpoint manager over model, optimizer, step and epoch (restored already if resuming).
-      eval_fn: called with the step at each evaluation; returns scalars to log.
-      chief: whether this process writes checkpoints and logs to ``options.model_dir``.
+        model: a built MaskRCNN compiled with ``optimizer`` (both created under ``strategy.scope()``).
+        optimizer: the model's optimizer, already built (``optimizer.build(model.trainable_variables)``)
+            and restored when resuming.
+        strategy: the distribution strategy.
+        dataset_fn: ``input_context -> tf.data.Dataset`` of per-replica batch dicts, an endless stream
+            from its start; the loop skips what ``keeper.step`` steps consumed.
+        options: loop settings.
+        keeper: checkpoints of model, optimizer, step and epoch (restored already when resuming).
+        eval_fn: ``step -> EvalOutput``, called at the evaluation points (on the chief only).
+        chief: whether this process writes checkpoints and logs to ``options.model_dir``.
 
     Returns:
-      The last step's logs (float values).
+        The last step's logs as floats (``loss``, the loss terms, ``grad_norm``, ``images_per_sec``,
+        ``learning_rate``) plus ``step``; only ``step`` when there was nothing to train.
 
     Raises:
-      TrainingDivergedError: a non-finite loss; the message names the step and the last checkpoint.
+        TrainingDivergedError: a non-finite loss or gradient norm; the message names the step and the
+            last good checkpoint, and no checkpoint is written after it.
     """
     start = int(keeper.step.numpy())
-    write_dir = worker_dir(options.model_dir, chief)
-    logger = training.TensorBoardLogger(options.model_dir, enabled=chief)
-    if not chief:  # non-chief workers must still call save (collectives), but into a throwaway dir
-        keeper = training.CheckpointKeeper(write_dir, keeper.model, keeper.optimizer, 1)
-    dist = strategy.distribute_datasets_from_function(lambda ctx: dataset_fn(ctx, start))
-    iterator = iter(dist)
-    step_fn = make_step_fn(model, strategy)
-    progbar = keras.utils.Progbar(options.total_steps, stateful_metrics=None, verbose=1 if options.verbose else 0,
-                                  unit_name="step")
-    if start:
-        progbar.update(start)
-    logs: dict[str, float] = {}
-    window_start, window_images = time.perf_counter(), 0
     last_saved = keeper.latest_path()
+    logs: dict[str, float] = {"step": float(start)}
+    if start >= options.total_steps:
+        return logs
+    write_dir = options.model_dir if chief else tempfile.mkdtemp(prefix="mrcnn_worker_")
+    logger = training.TensorBoardLogger(options.model_dir, enabled=chief)
+    saver = keeper
+    if not chief:  # non-chief workers must take part in saving (collectives), into a throwaway dir
+        saver = training.CheckpointKeeper(write_dir, keeper.model, keeper.optimizer, 1)
+        saver.step.assign(keeper.step)
+        saver.epoch.assign(keeper.epoch)
+    iterator = iter(distributed_dataset(strategy, dataset_fn, start))
+    step_fn = make_step_fn(model, strategy, options.jit_compile)
+
+    remaining = options.total_steps - start
+    interactive = options.verbose and sys.stdout.isatty()
+    if options.verbose:
+        print(f"Training steps {start + 1}..{options.total_steps} ({remaining} steps, "
+              f"global batch {options.global_batch_size})", flush=True)
+    progbar = keras.utils.Progbar(remaining, verbose=1 if options.verbose else 0, unit_name="step",
+                                  stateful_metrics=["img/s", "lr", "step"])
+    pending_marks = sorted(float(s) for s in options.eval_at_seconds)
+    train_seconds = 0.0
+    window_start, window_images = time.perf_counter(), 0
+    step = start
     try:
-        for step in range(start + 1, options.total_steps + 1):
+        while step < options.total_steps:
+            step += 1
+            tic = time.perf_counter()
             for tracker in model.metrics:
                 tracker.reset_state()
             out = step_fn(iterator)
-            logs = {k: float(v) for k, v in out.items()}
-            if not math.isfinite(logs["loss"]):
-                raise TrainingDivergedError(
-                    f"the training loss became {logs['loss']} at step {step} "
-                    f"({', '.join(f'{k}={v:.4g}' for k, v in logs.items())}); no checkpoint was written "
-                    f"after it. The last good checkpoint is {last_saved or 'none (no checkpoint yet)'}. "
-                    "Lower train.learning_rate, raise train.warmup_steps or check the data.")
+            step_logs = {k: float(v) for k, v in out.items()}
+            if not all(math.isfinite(v) for v in step_logs.values()):
+                raise _diverged(step, step_logs, last_saved)
+            train_seconds += time.perf_counter() - tic
             window_images += options.global_batch_size
-            elapsed = time.perf_counter() - window_start
-            logs["images_per_sec"] = window_images / max(elapsed, 1e-9)
-            progbar.update(step, [(k, v) for k, v in logs.items() if k.startswith("loss")]
-                           + [("img/s", logs["images_per_sec"])], finalize=False)
-            if step % options.log_every == 0 or step == options.total_steps:
-                logger.scalars("train", {**logs, "learning_rate": current_learning_rate(optimizer)}, step)
+            step_logs["images_per_sec"] = window_images / max(time.perf_counter() - window_start, 1e-9)
+            step_logs["learning_rate"] = current_learning_rate(optimizer)
+            logs = step_logs
+
+            out_of_time = 0 < options.max_seconds <= train_seconds
+            last = step == options.total_steps or out_of_time
+            if options.verbose and (interactive or step % options.log_every == 0 or last):
+                shown = [(k, v) for k, v in logs.items() if k.startswith("loss")]
+                shown += [("img/s", logs["images_per_sec"]), ("lr", logs["learning_rate"]), ("step", step)]
+                progbar.update(step - start, shown, finalize=last)
+            if step % options.log_every == 0 or last:
+                logger.scalars("train", logs, step)
                 window_start, window_images = time.perf_counter(), 0
+
             epoch = step // options.steps_per_epoch if options.steps_per_epoch else 0
-            epoch_end = options.steps_per_epoch and step % options.steps_per_epoch == 0
-            if step % options.checkpoint_every == 0 or epoch_end or step == options.total_steps:
-                last_saved = keeper.save(step, epoch)
-            if eval_fn is not None and options.eval_every and step % options.eval_every == 0 \
-                    and step != options.total_steps:
-                logger.scalars("eval", eval_fn(step), step)
-        if options.verbose:
-            progbar.update(options.total_steps, finalize=True)
+            epoch_end = bool(options.steps_per_epoch) and step % options.steps_per_epoch == 0
+            if step % options.checkpoint_every == 0 or epoch_end or last:
+                try:
+                    path = saver.save(step, epoch)
+                except training.NonFiniteWeightsError:
+                    raise _diverged(step, logs, last_saved) from None
+                if chief:
+                    last_saved = path
+
+            due = bool(options.eval_every) and (step % options.eval_every == 0 or last)
+            while pending_marks and train_seconds >= pending_marks[0]:
+                pending_marks.pop(0)
+                due = True
+            if eval_fn is not None and chief and due:
+                result = eval_fn(step)
+                logger.scalars("eval", result.scalars, step)
+                if result.images is not None and len(result.images):
+                    logger.images("eval", "detections", result.images, step)
+                logger.flush()
+            if out_of_time:
+                if options.verbose:
+                    print(f"Stopped at step {step}: the time budget of {options.max_seconds:.0f} s is used.",
+                          flush=True)
+                break
     finally:
         logger.close()
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
+    logs["step"] = float(step)
+    logs["train_seconds"] = train_seconds
     return logs
 
 

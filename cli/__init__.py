@@ -1,0 +1,53 @@
+"""The command-line modes behind main.py: train, eval, export and predict.
+
+``run(args)`` validates everything it can before TensorFlow starts (``cli.common.prepare``), then
+imports the mode's module and runs it. Tests and notebooks call it with a ``RunArgs`` directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from cli.common import CliError, Prepared, RunArgs, prepare
+
+__all__ = ["CliError", "RunArgs", "Prepared", "prepare", "export_available", "run"]
+
+
+def export_available() -> bool:
+    """Whether ``export.saved_model.export_from_checkpoint`` exists in this checkout."""
+    try:
+        if importlib.util.find_spec("export.saved_model") is None:
+            return False
+    except ImportError:
+        return False
+    return True
+
+
+def _export(prep: Prepared) -> str:
+    if not export_available():
+        raise CliError("--mode=export is not available yet in this version (the export package is missing).")
+    if prep.weights.kind != "last" and prep.weights.kind != "checkpoint":
+        raise CliError("--mode=export reads a training checkpoint: pass --model=last or --model=<checkpoint "
+                       "prefix>, not a .weights.h5 file.")
+    saved_model = importlib.import_module("export.saved_model")
+    path = saved_model.export_from_checkpoint(prep.cfg, prep.weights.path, prep.paths.model_dir,
+                                              prep.args.export_dir)
+    if prep.args.verbose:
+        print(f"SavedModel: {path} (from {prep.weights.path})", flush=True)
+    return path
+
+
+def run(args: RunArgs) -> Any:
+    """Runs one mode; returns what the mode returns (train logs, eval metrics, export path, predict summary).
+
+    Raises:
+        CliError, mrcnn_tf2.config.ConfigError, pipelines.coco.DatasetError, ...: bad input.
+    """
+    prep = prepare(args)
+    if args.mode == "export":
+        return _export(prep)
+    module = importlib.import_module({"train": "cli.train", "eval": "cli.evaluate",
+                                      "predict": "cli.predict"}[args.mode])
+    return module.run(prep)

@@ -1,0 +1,305 @@
+"""What every mode shares before TensorFlow starts: arguments, the resolved config and the weights source.
+
+This module imports no TensorFlow, so bad input (an unknown preset, an image size that breaks the
+2^max_level rule, a missing annotation file, ``--model=last`` without a checkpoint) fails in about a
+second with one clear message. It owns:
+
+- ``RunArgs``: the command line as plain values (main.py fills it from absl flags; tests build it);
+- ``prepare(args) -> Prepared``: the config (preset or file, ``--config_override``, flags, the category
+  mapping of the dataset) and the resolved ``--model`` source;
+- the run-directory layout (``RunPaths``) and ``config.json`` reading/writing.
+
+Config resolution: ``eval``/``predict``/``export`` start from ``<model_dir>/config.json`` when it exists
+(else from the ``config.json`` of the run that ``--model=PATH`` points into), so the class mapping and
+the architecture match the checkpoint; ``train --model=last`` does too unless ``--config`` is given.
+Otherwise ``--config`` (default ``shapes``). ``--config_override`` and the flags apply on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from mrcnn_tf2 import config as config_lib
+
+__all__ = ["CliError", "MODES", "RunArgs", "RunPaths", "WeightsSource", "Prepared", "prepare", "read_config",
+           "write_config", "find_checkpoint", "run_config_path", "DEFAULT_CONFIG"]
+
+MODES = ("train", "eval", "export", "predict")
+DEFAULT_CONFIG = "shapes"
+
+
+class CliError(ValueError):
+    """Bad command-line input; the message says what to do instead."""
+
+
+@dataclass
+class RunArgs:
+    """The command line (DESIGN.md section 4) as plain values. ``None`` = flag not given."""
+
+    mode: str = "train"
+    strategy: str = "one_device"
+    tpu: str = ""
+    config: str | None = None
+    config_override: list[str] = field(default_factory=list)
+    model: str = ""
+    model_dir: str = "logs"
+    data_dir: str | None = None
+    train_annotations: str | None = None
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
+    results_file: str = "submission.json"
+    export_dir: str = "exported/maskrcnn"
+    images: str = ""
+    output_dir: str = "predictions"
+    steps: int | None = None
+    batch_size: int | None = None
+    checkpoint_every: int | None = None
+    eval_every: int | None = None
+    train_layers: str | None = None
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    verbose: bool = True
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The run directory layout (DESIGN.md section 4)."""
+
+    model_dir: str
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.model_dir, "checkpoints")
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.model_dir, "config.json")
+
+    @property
+    def eval_dir(self) -> str:
+        return os.path.join(self.model_dir, "eval")
+
+    @property
+    def metrics(self) -> str:
+        return os.path.join(self.model_dir, "eval", "metrics.json")
+
+    def results(self, results_file: str) -> str:
+        """``--results_file``: absolute paths as given, relative ones inside the run directory."""
+        return results_file if os.path.isabs(results_file) else os.path.join(self.model_dir, results_file)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights come from.
+
+    Attributes:
+        kind: ``none`` (random), ``imagenet`` (backbone only), ``last`` (newest checkpoint of the run),
+            ``checkpoint`` (a TF checkpoint prefix) or ``h5`` (a ``.weights.h5`` file).
+        path: the checkpoint prefix (``last``, ``checkpoint``) or the file (``h5``); empty otherwise.
+        source_config: the ``config.json`` of the run the weights come from, when there is one (used to
+            build a source model and copy the layers whose shapes match).
+    """
+
+    kind: str
+    path: str = ""
+    source_config: str = ""
+
+
+@dataclass
+class Prepared:
+    """Everything a mode needs, resolved and validated."""
+
+    args: RunArgs
+    cfg: config_lib.Config
+    paths: RunPaths
+    weights: WeightsSource
+    config_source: str
+    previous_cfg: config_lib.Config | None = None  # <model_dir>/config.json before this run
+
+
+def read_config(path: str) -> config_lib.Config:
+    """Reads a ``config.json`` written by :func:`write_config`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CliError(f"could not read the run config '{path}': {e}") from None
+    return config_lib.from_dict(data)
+
+
+def write_config(cfg: config_lib.Config, path: str) -> str:
+    """Writes the resolved config (with the category mapping) as JSON, atomically; returns ``path``."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config_lib.to_dict(cfg), f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def find_checkpoint(path: str) -> str | None:
+    """The newest checkpoint prefix in a checkpoint directory or a run directory, or a prefix as is.
+
+    Reads the ``checkpoint`` state file of ``tf.train.CheckpointManager`` without TensorFlow. Returns
+    None when nothing usable (a prefix whose ``.index`` file exists) is found.
+    """
+    if os.path.isfile(path + ".index"):
+        return path
+    for directory in (path, os.path.join(path, "checkpoints")):
+        state = os.path.join(directory, "checkpoint")
+        if not os.path.isfile(state):
+            continue
+        with open(state, encoding="utf-8") as f:
+            match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', f.read(), re.MULTILINE)
+        if match:
+            prefix = match.group(1)
+            prefix = prefix if os.path.isabs(prefix) else os.path.join(directory, prefix)
+            if os.path.isfile(prefix + ".index"):
+                return prefix
+    return None
+
+
+def run_config_path(weights_path: str) -> str:
+    """The ``config.json`` of the run a checkpoint prefix or weights file belongs to ('' if none)."""
+    here = os.path.dirname(os.path.abspath(weights_path))
+    for directory in (here, os.path.dirname(here)):
+        candidate = os.path.join(directory, "config.json")
+        if os.path.isfile(candidate):
+            return candidate
+    return ""
+
+
+def _resolve_weights(args: RunArgs, cfg: config_lib.Config, paths: RunPaths) -> WeightsSource:
+    spec = args.model or ("last" if args.mode != "train"
+                          else "imagenet" if cfg.model.norm == "frozen_bn" else "none")
+    latest = find_checkpoint(paths.checkpoints)
+    if spec == "last":
+        if latest is None:
+            raise CliError(f"--model=last: there is no checkpoint in '{paths.checkpoints}'. Train first "
+                           f"(--mode=train --model_dir={args.model_dir}), point --model_dir at a run that has "
+                           "checkpoints, or pass --model=PATH (a checkpoint prefix or a .weights.h5 file).")
+        return WeightsSource("last", latest, paths.config if os.path.isfile(paths.config) else "")
+    if args.mode == "train" and latest is not None:
+        raise CliError(f"'{args.model_dir}' already holds checkpoints (newest: {os.path.basename(latest)}). "
+                       "Pass --model=last to resume (or to start the next stage of a staged training), or "
+                       "choose a new --model_dir.")
+    if spec in ("none", "imagenet"):
+        if args.mode != "train":
+            raise CliError(f"--mode={args.mode} needs trained weights: --model=last (the newest checkpoint in "
+                           f"--model_dir) or --model=PATH, not --model={spec}.")
+        return WeightsSource(spec)
+    if spec.endswith(".h5"):
+        if not os.path.isfile(spec):
+            raise CliError(f"--model={spec}: the weights file does not exist.")
+        return WeightsSource("h5", spec, run_config_path(spec))
+    prefix = find_checkpoint(spec)
+    if prefix is None:
+        raise CliError(f"--model={spec} is neither imagenet, last, none, a .weights.h5 file, a checkpoint "
+                       "prefix (such as logs/checkpoints/ckpt-3000, with ckpt-3000.index beside it), nor a "
+                       "folder holding checkpoints.")
+    return WeightsSource("checkpoint", prefix, run_config_path(prefix))
+
+
+def _flag_overrides(args: RunArgs) -> dict[str, object]:
+    """Dotted config overrides from the dedicated flags (a flag wins over --config_override)."""
+    out: dict[str, object] = {}
+    for name in ("data_dir", "train_annotations", "train_images", "val_annotations", "val_images"):
+        value = getattr(args, name)
+        if value is not None:
+            out[f"data.{name}"] = value
+    if args.steps is not None:
+        out["train.steps"] = args.steps
+    if args.batch_size is not None:
+        out["train.batch_size" if args.mode == "train" else "eval.batch_size"] = args.batch_size
+    if args.checkpoint_every is not None:
+        out["train.checkpoint_every"] = args.checkpoint_every
+    if args.eval_every is not None:
+        out["train.eval_every"] = args.eval_every
+    if args.train_layers is not None:
+        out["model.train_layers"] = args.train_layers
+    if args.jit_compile:
+        out["train.jit_compile"] = True
+    if args.mixed_precision:
+        out["train.mixed_precision"] = "bfloat16" if args.strategy == "tpu" else "float16"
+    return out
+
+
+def _check_positive(args: RunArgs) -> None:
+    for name in ("steps", "batch_size", "checkpoint_every"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise CliError(f"--{name}={value} must be a positive integer.")
+    if args.eval_every is not None and args.eval_every < 0:
+        raise CliError(f"--eval_every={args.eval_every} must be >= 0 (0 = no evaluation during training).")
+
+
+def _with_categories(cfg: config_lib.Config, mode: str) -> config_lib.Config:
+    """Fills data.category_ids/category_names from the dataset and sets model.num_classes = K + 1."""
+    if cfg.data.category_ids:
+        return cfg
+    from pipelines import coco  # no TensorFlow; may generate the shapes dataset on first use
+
+    d = cfg.data
+    source = cfg
+    if mode != "train" and not (d.train_annotations or d.train_tfrecords) and d.val_annotations:
+        source = dataclasses.replace(cfg, data=dataclasses.replace(
+            d, train_annotations=d.val_annotations, train_images=d.val_images, train_tfrecords=""))
+    ids, names = coco.category_mapping(source)
+    if not ids:
+        raise CliError("the dataset defines no categories.")
+    return config_lib.apply_overrides(cfg, {"data.category_ids": list(ids), "data.category_names": list(names),
+                                            "model.num_classes": len(ids) + 1})
+
+
+def _check_dataset_files(cfg: config_lib.Config, mode: str) -> None:
+    """Fails fast when a configured annotation file or image folder does not exist."""
+    d = cfg.data
+    splits = {"train": ("train",), "eval": ("val",)}.get(mode, ())
+    if mode == "train" and cfg.train.eval_every:
+        splits += ("val",)
+    for split in splits:
+        annotations, images = getattr(d, f"{split}_annotations"), getattr(d, f"{split}_images")
+        if annotations and not os.path.isfile(annotations):
+            raise CliError(f"the {split} annotation file '{annotations}' does not exist (--{split}_annotations).")
+        if images and not os.path.isdir(images):
+            raise CliError(f"the {split} image folder '{images}' does not exist (--{split}_images).")
+
+
+def prepare(args: RunArgs) -> Prepared:
+    """Resolves and validates the config, the dataset's categories and the weights source (no TensorFlow).
+
+    Raises:
+        CliError, config.ConfigError, pipelines.coco.DatasetError: bad input; the message says what to do.
+    """
+    if args.mode not in MODES:
+        raise CliError(f"--mode={args.mode} is not one of {', '.join(MODES)}.")
+    _check_positive(args)
+    if args.mode == "predict" and not args.images:
+        raise CliError("--mode=predict needs --images, e.g. --images='photos/*.jpg' --output_dir=predictions/.")
+    paths = RunPaths(args.model_dir)
+    previous = read_config(paths.config) if os.path.isfile(paths.config) else None
+
+    base: config_lib.Config | None = None
+    source = ""
+    if args.mode != "train" or (args.model == "last" and args.config is None):
+        if previous is not None:
+            base, source = previous, paths.config
+        elif args.mode != "train" and args.model not in ("", "last", "none", "imagenet"):
+            beside = run_config_path(args.model)
+            if beside:
+                base, source = read_config(beside), beside
+    if base is None:
+        name = args.config or DEFAULT_CONFIG
+        base, source = config_lib.resolve(name), name
+    cfg = config_lib.apply_overrides(base, args.config_override)
+    cfg = config_lib.validate(config_lib.apply_overrides(cfg, _flag_overrides(args)))
+    weights = _resolve_weights(args, cfg, paths)
+    _check_dataset_files(cfg, args.mode)
+    if args.mode in ("train", "eval") or not cfg.data.category_ids:
+        cfg = config_lib.validate(_with_categories(cfg, args.mode))
+    return Prepared(args, cfg, paths, weights, source, previous)

@@ -1,0 +1,95 @@
+"""``--mode=train``: strategy, model, optimizer, weights, then ``mrcnn_tf2.trainer.train``.
+
+Writes ``<model_dir>/config.json`` (the resolved config with the category mapping) before the first
+step, checkpoints to ``<model_dir>/checkpoints/ckpt-<step>``, TensorBoard to ``<model_dir>/train`` and,
+with ``train.eval_every`` (``--eval_every``), COCO AP and a few validation images to ``<model_dir>/eval``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import keras
+
+from cli.common import CliError, Prepared, write_config
+from cli.evaluate import evaluate_model, metric_scalars
+from cli.weights import load_weights, restore_training_state
+from mrcnn_tf2 import config as config_lib
+from mrcnn_tf2 import evaluation, trainer, training
+from mrcnn_tf2.builder import build_model
+from pipelines.coco import dataset_paths
+from pipelines.input_pipeline import build_dataset
+
+__all__ = ["count_train_images", "run"]
+
+
+def count_train_images(cfg: config_lib.Config) -> int:
+    """Images in the training set (0 when unknown), for the epoch counter."""
+    paths = dataset_paths(cfg, "train")
+    if paths.tfrecords:
+        from pipelines.tfrecord import read_dataset_info
+
+        return int(read_dataset_info(paths.tfrecords).get("num_images", 0))
+    with open(paths.annotations, encoding="utf-8") as f:
+        return len(json.load(f).get("images", []))
+
+
+def run(prep: Prepared) -> dict[str, Any]:
+    """Trains up to ``train.steps``; returns the last step's logs (see ``trainer.train``)."""
+    cfg, args, paths = prep.cfg, prep.args, prep.paths
+    strategy = training.create_strategy(args.strategy, args.tpu)  # first: multi_worker wants it before any op
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{cfg.train.mixed_precision}")
+    chief = trainer.is_chief(strategy)
+    staged = (prep.weights.kind == "last" and prep.previous_cfg is not None
+              and prep.previous_cfg.model.train_layers != cfg.model.train_layers)
+    if chief:
+        os.makedirs(paths.model_dir, exist_ok=True)
+        write_config(cfg, paths.config)
+
+    global_batch = cfg.train.batch_size
+    if global_batch % strategy.num_replicas_in_sync:
+        raise CliError(f"train.batch_size={global_batch} must be divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas of --strategy={args.strategy}")
+    with strategy.scope():
+        model = build_model(cfg)
+        optimizer = training.build_optimizer(cfg.train, global_batch, cfg.train.mixed_precision)
+        model.compile(optimizer=optimizer, jit_compile=False)
+        optimizer.build(model.trainable_variables)
+        keeper = training.CheckpointKeeper(paths.model_dir, model, optimizer, cfg.train.keep_checkpoints)
+        if prep.weights.kind == "last":
+            restored = restore_training_state(keeper, optimizer, staged)
+            loaded = (f"resuming {restored} at step {int(keeper.step.numpy())}"
+                      + (f" (train_layers {prep.previous_cfg.model.train_layers} -> {cfg.model.train_layers}: "
+                         "momentum restarts)" if staged else ""))
+        else:
+            loaded = load_weights(model, prep.weights, cfg)
+    if args.verbose:
+        trainable = sum(int(v.numpy().size) for v in model.trainable_variables)
+        print(f"config: {prep.config_source} -> {paths.config}; {cfg.model.num_classes - 1} classes "
+              f"({', '.join(cfg.data.category_names)}); {trainable:,} trainable parameters "
+              f"(train_layers={cfg.model.train_layers}); {strategy.num_replicas_in_sync} replica(s)\n{loaded}",
+              flush=True)
+
+    eval_fn = None
+    if cfg.train.eval_every:
+        def eval_fn(step: int) -> trainer.EvalOutput:
+            result = evaluate_model(model, cfg, cfg.eval.num_visualizations, verbose=False)
+            if args.verbose:
+                table = evaluation.format_metrics(result.metrics).splitlines()[:3]
+                print(f"\nevaluation at step {step}:\n" + "\n".join(table), flush=True)
+            return trainer.EvalOutput(metric_scalars(result.metrics), result.images)
+
+    options = trainer.LoopOptions(
+        model_dir=paths.model_dir, total_steps=cfg.train.steps, global_batch_size=global_batch,
+        checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
+        eval_every=cfg.train.eval_every, steps_per_epoch=count_train_images(cfg) // global_batch,
+        jit_compile=cfg.train.jit_compile, verbose=args.verbose)
+    logs = trainer.train(model, optimizer, strategy, lambda ctx: build_dataset(cfg, "train", ctx), options,
+                         keeper, eval_fn=eval_fn, chief=chief)
+    if args.verbose and chief:
+        print(f"checkpoints: {keeper.directory} (newest: {keeper.latest_path()})\n"
+              f"TensorBoard: tensorboard --logdir {paths.model_dir}", flush=True)
+    return logs
