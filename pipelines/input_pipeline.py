@@ -197,7 +197,7 @@ def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext
     if cached:
         ds = ds.map(decode_example, num_parallel_calls=parallel).cache()
 
-    options = dict(image_size=cfg.model.image_size, pixel_normalization=cfg.model.pixel_normalization,
+    example_args = dict(image_size=cfg.model.image_size, pixel_normalization=cfg.model.pixel_normalization,
                    max_instances=cfg.data.max_instances, mask_size=cfg.data.gt_mask_size)
     if training:
         if cfg.data.shuffle_buffer > 1:
@@ -209,11 +209,16 @@ def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext
         def train_map(index: tf.Tensor, example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             decoded = example if cached else decode_example(example)
             seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-            return make_example(decoded, aug=aug, seed=seed, **options)
+            return make_example(decoded, aug=aug, seed=seed, **example_args)
 
         ds = ds.map(train_map, num_parallel_calls=parallel)
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
-        ds = ds.map(lambda x: make_example(decode_example(x), **options), num_parallel_calls=parallel)
+        ds = ds.map(lambda x: make_example(decode_example(x), **example_args), num_parallel_calls=parallel)
         ds = ds.batch(batch_size, drop_remainder=False)
-    return ds.prefetch(_AUTOTUNE)
+    options = tf.data.Options()
+    # Parallelism comes from the parallel map; one thread per op avoids oversubscribing the cores
+    # that the training step also uses.
+    options.threading.max_intra_op_parallelism = 1
+    options.deterministic = True
+    return ds.prefetch(_AUTOTUNE).with_options(options)
