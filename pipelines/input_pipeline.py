@@ -157,8 +157,8 @@ def _tfrecord_source(cfg: Any, pattern: str, training: bool, pipeline: tuple[int
     return ds, num_images
 
 
-def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext | None = None
-                  ) -> tf.data.Dataset:
+def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext | None = None,
+                  skip_batches: int = 0) -> tf.data.Dataset:
     """The input pipeline for ``mode``.
 
     Args:
@@ -167,6 +167,9 @@ def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext
             no augmentation, partial last batch kept).
         input_context: from ``strategy.distribute_datasets_from_function``; shards the data by input
             pipeline and sets the per-replica batch size.
+        skip_batches: train mode: start after this many of this pipeline's batches (resuming). The
+            skipped examples are never decoded or augmented, unlike ``dataset.skip(n)``, and the
+            stream that follows is exactly the one an uninterrupted run would see.
 
     Returns:
         A ``tf.data.Dataset`` of batch-contract dicts (module docstring).
@@ -204,6 +207,8 @@ def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext
             ds = ds.shuffle(min(cfg.data.shuffle_buffer, max(num_images, 2)), seed=cfg.data.seed,
                             reshuffle_each_iteration=True)
         ds = ds.repeat().enumerate()
+        if skip_batches:
+            ds = ds.skip(int(skip_batches) * batch_size)
         base_seed = tf.constant([cfg.data.seed, pipeline[0]], tf.int64)
 
         def train_map(index: tf.Tensor, example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -138,6 +138,16 @@ def test_training_is_deterministic_and_seeded(rects):
     assert sorted(ids[:6]) == list(range(100, 106))
 
 
+def test_skip_batches_resumes_the_same_stream(rects):
+    ann, image_dir, _ = rects
+    cfg = small_config(ann, image_dir, **{"data.shuffle_buffer": 100, "data.augment.rotation_prob": 0.5})
+    full = batches(build_dataset(cfg, "train"), 5)
+    resumed = batches(build_dataset(cfg, "train", skip_batches=3), 2)
+    for x, y in zip(full[3:], resumed):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
 def test_uncached_path_equals_cached_path(rects):
     ann, image_dir, _ = rects
     over = {"data.shuffle_buffer": 100, "data.augment.rotation_prob": 0.5}
