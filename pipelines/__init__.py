@@ -3,6 +3,7 @@
 Modules (host side first, then graph side):
 
 - ``coco``: COCO JSON -> validated records, category mapping, host-side masks, ``dataset_paths``.
+- ``coco_fields``: field-level checks of the JSON (errors name the file and the field).
 - ``shapes``: the synthetic shapes dataset, written in COCO format, generated on first use.
 - ``example``: the encoded example shared by both input paths (image bytes + one stacked mask PNG)
   and its on-graph decoding.
