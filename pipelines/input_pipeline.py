@@ -28,7 +28,7 @@ kept. No ``py_function`` anywhere; works with ``strategy.distribute_datasets_fro
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -114,7 +114,7 @@ def _json_source(cfg: Any, annotations: str, images: str, training: bool, pipeli
         raise DatasetError(f"{annotations}: no images for input pipeline {pipeline_id} of {num_pipelines} "
                            f"({len(dataset.images)} images in all)")
 
-    def generate():
+    def generate() -> Iterator[dict]:
         for record in records:
             yield encode_record(record)
 
