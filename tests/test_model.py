@@ -133,3 +133,14 @@ def test_checkpoint_holds_every_model_weight(tmp_path):
     path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
     saved = {name for name, _ in tf.train.list_variables(path) if name.startswith("model/")}
     assert len(saved) == len(model.weights)
+
+
+def test_inference_with_unknown_batch_size_in_the_signature():
+    cfg = _cfg()
+    model = build_model(cfg)
+    s = cfg.model.image_size
+    fn = tf.function(lambda x, i: model(x, i), input_signature=[
+        tf.TensorSpec([None, s, s, 3], tf.float32), tf.TensorSpec([None, 4, 2], tf.float32)])
+    batch = two_object_batch(batch=3)
+    out = fn(tf.constant(batch["images"]), tf.constant(batch["image_info"]))
+    assert out["detection_boxes"].shape == (3, cfg.model.detection.max_detections, 4)

@@ -62,10 +62,13 @@ class RPNHead(keras.layers.Layer):
         for level, x in features.items():
             for conv in self._convs():
                 x = conv(x)
-            batch = tf.shape(x)[0]
-            # [B, H, W, A] -> [B, H*W*A]; [B, H, W, 4A] -> [B, H*W*A, 4]
-            logits[level] = tf.reshape(tf.cast(self.objectness(x), tf.float32), [batch, -1])
-            deltas[level] = tf.reshape(tf.cast(self.deltas(x), tf.float32), [batch, -1, 4])
+            objectness = tf.cast(self.objectness(x), tf.float32)
+            # [B, H, W, A] -> [B, H*W*A]; [B, H, W, 4A] -> [B, H*W*A, 4]. The anchor count stays static
+            # even when the batch size is unknown (serving signatures): proposals need it for top-k.
+            h, w = objectness.shape[1], objectness.shape[2]
+            num = h * w * self.num_anchors if h is not None and w is not None else -1
+            logits[level] = tf.reshape(objectness, [-1, num])
+            deltas[level] = tf.reshape(tf.cast(self.deltas(x), tf.float32), [-1, num, 4])
         return logits, deltas
 
     def get_config(self) -> dict:
