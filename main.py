@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
         if not isinstance(e, _known_errors()):
             raise
         message = " ".join(str(e).split())
-        print(textwrap.fill(f"error ({type(e).__name__}): {message} (python main.py --helpfull lists the flags.)",
+        print(textwrap.fill(f"error: {message} (python main.py --helpfull lists every flag.)",
                             width=110), file=sys.stderr)
         return 2
     return 0

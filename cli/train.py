@@ -53,6 +53,7 @@ def run(prep: Prepared) -> dict[str, Any]:
     if global_batch % strategy.num_replicas_in_sync:
         raise CliError(f"train.batch_size={global_batch} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas of --strategy={args.strategy}")
+    keras.utils.set_random_seed(cfg.data.seed)  # reproducible initialization (and data order)
     with strategy.scope():
         model = build_model(cfg)
         optimizer = training.build_optimizer(cfg.train, global_batch, cfg.train.mixed_precision)

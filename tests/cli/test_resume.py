@@ -1,0 +1,64 @@
+"""Exact resume: 4 steps, then 4 more with --model=last, equal 8 uninterrupted steps.
+
+Augmentation is off and the data order fixed (no shuffle). The model's samplers draw from TensorFlow's
+stateful RNG, which a resumed process restarts; so the sampling is configured to take *every*
+candidate (all anchors for the RPN, all proposals plus ground truth for the ROI heads), which makes the
+sampled sets independent of the random draws and leaves only float summation-order noise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cli
+from tests.cli.common import tiny_args
+
+# 128 px, levels P2-P5, 3 ratios: (32^2 + 16^2 + 8^2 + 4^2) * 3 = 4080 anchors; 200 proposals + 8 gt.
+# 6 training images = 3 batches per epoch, so step 5 does not start an epoch: without the data
+# position restored, the resumed run would see other batches.
+EXACT = ("data.shapes_num_train=6", "data.augment.enabled=false", "data.shuffle_buffer=0",
+         "model.rpn.anchors_per_image=4096", "model.rpn.positive_fraction=1.0", "model.roi.rois_per_image=256",
+         "model.roi.positive_fraction=1.0",
+         "train.warmup_steps=3", "train.learning_rate=0.01")
+
+
+def _checkpoint_values(prefix: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))}  # saves, not state
+
+
+def test_resume_equals_uninterrupted_training(tmp_path):
+    root = str(tmp_path)
+    common = dict(overrides=EXACT, batch_size=2, checkpoint_every=100, model="none")
+    straight = cli.run(tiny_args(root, "train", model_dir="straight", steps=8, **common))
+    first = cli.run(tiny_args(root, "train", model_dir="resumed", steps=4, **common))
+    assert first["step"] == 4
+    resumed = cli.run(tiny_args(root, "train", model_dir="resumed", steps=8,
+                                **dict(common, model="last", config=None)))
+    assert resumed["step"] == straight["step"] == 8
+    assert resumed["learning_rate"] == pytest.approx(straight["learning_rate"], rel=1e-6)
+    assert resumed["loss"] == pytest.approx(straight["loss"], rel=1e-3)
+
+    a = _checkpoint_values(os.path.join(root, "straight", "checkpoints", "ckpt-8"))
+    b = _checkpoint_values(os.path.join(root, "resumed", "checkpoints", "ckpt-8"))
+    assert sorted(a) == sorted(b)
+    # Trainable weights are stored under optimizer/_trainable_variables, momentum under optimizer/_variables.
+    momentums = [k for k in a if k.startswith("optimizer/_variables/") and a[k].ndim > 0]
+    assert len(momentums) > 100
+    assert a["step/.ATTRIBUTES/VARIABLE_VALUE"] == b["step/.ATTRIBUTES/VARIABLE_VALUE"] == 8
+    assert a["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 8
+    assert b["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 8
+    moved = 0
+    start = _checkpoint_values(os.path.join(root, "resumed", "checkpoints", "ckpt-4"))
+    for name, value in a.items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(b[name], value, rtol=1e-3, atol=1e-5, err_msg=name)
+            moved += not np.allclose(start[name], value, rtol=1e-3, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(b[name], value, err_msg=name)
+    assert moved > 100  # steps 5-8 changed the weights well beyond the tolerance
