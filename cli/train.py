@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from cli.common import CliError, Prepared, write_config
 from cli.evaluate import evaluate_model, metric_scalars
@@ -22,7 +25,7 @@ from mrcnn_tf2.builder import build_model
 from pipelines.coco import dataset_paths
 from pipelines.input_pipeline import build_dataset
 
-__all__ = ["count_train_images", "run"]
+__all__ = ["count_train_images", "TrainSession", "setup", "run"]
 
 
 def count_train_images(cfg: config_lib.Config) -> int:
@@ -36,8 +39,37 @@ def count_train_images(cfg: config_lib.Config) -> int:
         return len(json.load(f).get("images", []))
 
 
-def run(prep: Prepared) -> dict[str, Any]:
-    """Trains up to ``train.steps``; returns the last step's logs (see ``trainer.train``)."""
+@dataclass
+class TrainSession:
+    """A model ready to train: what ``trainer.train`` takes (benchmarks adjust ``options`` or ``eval_fn``)."""
+
+    cfg: config_lib.Config
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    keeper: training.CheckpointKeeper
+    options: trainer.LoopOptions
+    chief: bool
+    eval_fn: Callable[[int], trainer.EvalOutput] | None = None
+
+    def dataset_fn(self, ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        return build_dataset(self.cfg, "train", ctx)
+
+    def evaluate(self, step: int, verbose: bool = True) -> trainer.EvalOutput:
+        """COCO AP on the validation set and a few drawn images, for the loop's evaluation hook."""
+        result = evaluate_model(self.model, self.cfg, self.cfg.eval.num_visualizations, verbose=False)
+        if verbose:
+            table = evaluation.format_metrics(result.metrics).splitlines()[:3]
+            print(f"\nevaluation at step {step}:\n" + "\n".join(table), flush=True)
+        return trainer.EvalOutput(metric_scalars(result.metrics), result.images)
+
+    def train(self) -> dict[str, float]:
+        return trainer.train(self.model, self.optimizer, self.strategy, self.dataset_fn, self.options,
+                             self.keeper, eval_fn=self.eval_fn, chief=self.chief)
+
+
+def setup(prep: Prepared) -> TrainSession:
+    """Creates the strategy, writes config.json, builds model and optimizer and loads the weights."""
     cfg, args, paths = prep.cfg, prep.args, prep.paths
     strategy = training.create_strategy(args.strategy, args.tpu)  # first: multi_worker wants it before any op
     if cfg.train.mixed_precision:
@@ -52,8 +84,8 @@ def run(prep: Prepared) -> dict[str, Any]:
     global_batch = cfg.train.batch_size
     if global_batch % strategy.num_replicas_in_sync:
         raise CliError(f"train.batch_size={global_batch} must be divisible by the "
-                         f"{strategy.num_replicas_in_sync} replicas of --strategy={args.strategy}")
-    keras.utils.set_random_seed(cfg.data.seed)  # reproducible initialization (and data order)
+                       f"{strategy.num_replicas_in_sync} replicas of --strategy={args.strategy}")
+    keras.utils.set_random_seed(cfg.data.seed)  # reproducible initialization
     with strategy.scope():
         model = build_model(cfg)
         optimizer = training.build_optimizer(cfg.train, global_batch, cfg.train.mixed_precision)
@@ -73,24 +105,22 @@ def run(prep: Prepared) -> dict[str, Any]:
               f"({', '.join(cfg.data.category_names)}); {trainable:,} trainable parameters "
               f"(train_layers={cfg.model.train_layers}); {strategy.num_replicas_in_sync} replica(s)\n{loaded}",
               flush=True)
-
-    eval_fn = None
-    if cfg.train.eval_every:
-        def eval_fn(step: int) -> trainer.EvalOutput:
-            result = evaluate_model(model, cfg, cfg.eval.num_visualizations, verbose=False)
-            if args.verbose:
-                table = evaluation.format_metrics(result.metrics).splitlines()[:3]
-                print(f"\nevaluation at step {step}:\n" + "\n".join(table), flush=True)
-            return trainer.EvalOutput(metric_scalars(result.metrics), result.images)
-
     options = trainer.LoopOptions(
         model_dir=paths.model_dir, total_steps=cfg.train.steps, global_batch_size=global_batch,
         checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
         eval_every=cfg.train.eval_every, steps_per_epoch=count_train_images(cfg) // global_batch,
         jit_compile=cfg.train.jit_compile, verbose=args.verbose)
-    logs = trainer.train(model, optimizer, strategy, lambda ctx: build_dataset(cfg, "train", ctx), options,
-                         keeper, eval_fn=eval_fn, chief=chief)
-    if args.verbose and chief:
-        print(f"checkpoints: {keeper.directory} (newest: {keeper.latest_path()})\n"
-              f"TensorBoard: tensorboard --logdir {paths.model_dir}", flush=True)
+    session = TrainSession(cfg, strategy, model, optimizer, keeper, options, chief)
+    if cfg.train.eval_every:
+        session.eval_fn = lambda step: session.evaluate(step, args.verbose)
+    return session
+
+
+def run(prep: Prepared) -> dict[str, Any]:
+    """Trains up to ``train.steps``; returns the last step's logs (see ``trainer.train``)."""
+    session = setup(prep)
+    logs = session.train()
+    if prep.args.verbose and session.chief:
+        print(f"checkpoints: {session.keeper.directory} (newest: {session.keeper.latest_path()})\n"
+              f"TensorBoard: tensorboard --logdir {prep.paths.model_dir}", flush=True)
     return logs

@@ -62,8 +62,9 @@ class LoopOptions:
         log_every: TensorBoard scalars every this many steps (and the console, when it is not a TTY).
         eval_every: call ``eval_fn`` every this many steps and at the last step; 0 = never.
         steps_per_epoch: for the epoch counter and epoch-end checkpoints; 0 = unknown (epoch stays 0).
-        max_seconds: stop after the step during which the training time (evaluation excluded) passes
-            this many seconds; 0 = no limit.
+        max_seconds: stop after the step during which the training time passes this many seconds
+            (wall-clock time since the loop started, tracing and checkpoints included, evaluations
+            excluded); 0 = no limit.
         eval_at_seconds: also call ``eval_fn`` when the training time passes each of these marks.
         jit_compile: compile the per-replica step with XLA.
         verbose: show the progress bar.
@@ -209,20 +210,20 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
     progbar = keras.utils.Progbar(remaining, verbose=1 if options.verbose else 0, unit_name="step",
                                   stateful_metrics=["img/s", "lr", "step"])
     pending_marks = sorted(float(s) for s in options.eval_at_seconds)
-    train_seconds = 0.0
-    window_start, window_images = time.perf_counter(), 0
+    train_seconds = eval_seconds = 0.0
+    loop_start = window_start = time.perf_counter()
+    window_images = 0
     step = start
     try:
         while step < options.total_steps:
             step += 1
-            tic = time.perf_counter()
             for tracker in model.metrics:
                 tracker.reset_state()
             out = step_fn(iterator)
             step_logs = {k: float(v) for k, v in out.items()}
             if not all(math.isfinite(v) for v in step_logs.values()):
                 raise _diverged(step, step_logs, last_saved)
-            train_seconds += time.perf_counter() - tic
+            train_seconds = time.perf_counter() - loop_start - eval_seconds
             window_images += options.global_batch_size
             step_logs["images_per_sec"] = window_images / max(time.perf_counter() - window_start, 1e-9)
             step_logs["learning_rate"] = current_learning_rate(optimizer)
@@ -253,11 +254,13 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
                 pending_marks.pop(0)
                 due = True
             if eval_fn is not None and chief and due:
+                tic = time.perf_counter()
                 result = eval_fn(step)
                 logger.scalars("eval", result.scalars, step)
                 if result.images is not None and len(result.images):
                     logger.images("eval", "detections", result.images, step)
                 logger.flush()
+                eval_seconds += time.perf_counter() - tic
             if out_of_time:
                 if options.verbose:
                     print(f"Stopped at step {step}: the time budget of {options.max_seconds:.0f} s is used.",
