@@ -93,6 +93,7 @@ def test_empty_ground_truth_trains_with_finite_losses():
     assert float(logs["loss_mask"]) == 0.0 and float(logs["loss_box"]) == 0.0
 
 
+@pytest.mark.slow
 def test_train_step_under_mirrored_strategy_two_cpus():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     cfg = _cfg()
