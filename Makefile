@@ -19,6 +19,25 @@ test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -ra --durations=15 tests
 
+# The whole loop on the built-in shapes dataset, on a CPU: train (the `shapes` preset from scratch),
+# evaluate (COCO AP), export a SavedModel (when export/ is there), predict on 4 validation images.
+DEMO_DIR ?= logs/demo
+demo: venv
+	rm -rf $(DEMO_DIR)
+	$(PY) main.py --mode=train --config=shapes --model=none --model_dir=$(DEMO_DIR)
+	$(PY) main.py --mode=eval --model=last --model_dir=$(DEMO_DIR)
+	@if $(PY) -c "import sys, cli; sys.exit(0 if cli.export_available() else 1)"; then \
+		$(PY) main.py --mode=export --model=last --model_dir=$(DEMO_DIR) --export_dir=$(DEMO_DIR)/exported; \
+	else echo "export: not available yet in this checkout, skipped"; fi
+	$(PY) main.py --mode=predict --model=last --model_dir=$(DEMO_DIR) \
+		--images='data/shapes/images/val/00000[1-4].png' --output_dir=$(DEMO_DIR)/predictions
+	@echo
+	@echo "checkpoints:  $(DEMO_DIR)/checkpoints/   (config: $(DEMO_DIR)/config.json)"
+	@echo "metrics:      $(DEMO_DIR)/eval/metrics.json   results: $(DEMO_DIR)/submission.json"
+	@test -d $(DEMO_DIR)/exported && echo "SavedModel:   $$(ls -d $(DEMO_DIR)/exported/*/ | tail -1)" || true
+	@echo "predictions:  $(DEMO_DIR)/predictions/*.png and *.json"
+	@echo "TensorBoard:  $(PY) -m tensorboard.main --logdir $(DEMO_DIR)"
+
 lint: venv
 	$(PY) -m ruff check .
 
