@@ -30,7 +30,7 @@ import h5py
 import keras
 import numpy as np
 
-from mrcnn_tf2.layers.norm import FrozenBatchNormalization, norm_layer
+from mrcnn_tf2.layers.norm import FoldingConv2D, FrozenBatchNormalization, norm_layer
 
 __all__ = [
     "BACKBONES",
@@ -129,11 +129,15 @@ def build_backbone(
 def _conv_norm(x: keras.KerasTensor, filters: int, kernel: int, stride: int, prefix: str, norm: str,
                gn_groups: int, padding: str = "valid", zero_gamma: bool = False) -> keras.KerasTensor:
     """Conv2D ``{prefix}_conv`` then the norm layer ``{prefix}_bn`` / ``{prefix}_gn``."""
-    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding,
-                            kernel_initializer="he_normal", name=f"{prefix}_conv")(x)
+    conv_cls = FoldingConv2D if norm == "frozen_bn" else keras.layers.Conv2D
+    conv = conv_cls(filters, kernel, strides=stride, padding=padding, kernel_initializer="he_normal",
+                    name=f"{prefix}_conv")
     epsilon = 1e-5 if norm == "gn" else 1.001e-5  # keras.applications' batch-norm epsilon
-    return norm_layer(norm, prefix, channels=filters, gn_groups=gn_groups, epsilon=epsilon,
-                      gamma_initializer="zeros" if zero_gamma else "ones")(x)
+    normalize = norm_layer(norm, prefix, channels=filters, gn_groups=gn_groups, epsilon=epsilon,
+                           gamma_initializer="zeros" if zero_gamma else "ones")
+    if norm == "frozen_bn":
+        conv.fold(normalize)  # frozen statistics: one convolution instead of conv + elementwise BN
+    return normalize(conv(x))
 
 
 def _bottleneck(x: keras.KerasTensor, filters: int, stride: int, shortcut_conv: bool, prefix: str,

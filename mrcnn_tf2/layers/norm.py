@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 
-__all__ = ["NORMS", "FrozenBatchNormalization", "norm_layer", "is_norm_layer"]
+__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "norm_layer", "is_norm_layer"]
 
 NORMS = ("frozen_bn", "bn", "gn")
 
@@ -52,6 +53,55 @@ class FrozenBatchNormalization(keras.layers.BatchNormalization):
         config = super().get_config()
         config.pop("trainable", None)
         return config
+
+    def folded_scale_offset(self) -> tuple[Any, Any]:
+        """(scale, offset) with ``bn(x) == x * scale + offset``, both ``[C]``."""
+        scale = tf.math.rsqrt(self.moving_variance + self.epsilon)
+        if self.gamma is not None:
+            scale = scale * self.gamma
+        offset = -self.moving_mean * scale
+        if self.beta is not None:
+            offset = offset + self.beta
+        return scale, offset
+
+    def call(self, inputs, training=None, mask=None):
+        # Folded into the preceding convolution (see FoldingConv2D): nothing left to do here.
+        if self.__dict__.get("_folded", False):
+            return inputs
+        return super().call(inputs, training=False, mask=mask)
+
+
+@keras.saving.register_keras_serializable(package="mrcnn_tf2")
+class FoldingConv2D(keras.layers.Conv2D):
+    """A Conv2D that absorbs the FrozenBatchNormalization right after it (inference-style BN folding).
+
+    ``fold(bn)`` makes this convolution compute ``bn(conv(x))`` in one convolution with the kernel and
+    bias rescaled by the frozen statistics (recomputed each call, so training the kernel stays exact),
+    and turns ``bn`` into the identity. That removes one full elementwise pass per convolution: about
+    10% of a ResNet's CPU time. Both layers keep their own variables and names, so weights load and
+    checkpoint exactly as without folding. The link is not serialized: a model rebuilt from its config
+    computes the same values the unfolded way.
+    """
+
+    def fold(self, bn: FrozenBatchNormalization) -> None:
+        # Plain attributes (object.__setattr__): the BN layer must not become a tracked sublayer here.
+        object.__setattr__(self, "_folded_bn", bn)
+        object.__setattr__(bn, "_folded", True)
+
+    def call(self, inputs):
+        bn = self.__dict__.get("_folded_bn")
+        if bn is None:
+            return super().call(inputs)
+        scale, offset = bn.folded_scale_offset()
+        scale = tf.cast(scale, self.kernel.dtype)
+        outputs = self.convolution_op(inputs, self.kernel * scale)  # scale the output channels
+        bias = tf.cast(offset, self.kernel.dtype)
+        if self.use_bias:
+            bias = bias + self.bias * scale
+        outputs = tf.nn.bias_add(outputs, tf.cast(bias, outputs.dtype))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
 
 
 def norm_layer(

@@ -288,3 +288,32 @@ def test_imagenet_without_network_fails_fast_with_clear_message():
     message = str(error)
     assert "ImageNet weights" in message and "failed" in message
     assert "--model=PATH" in message and "--model=none" in message
+
+
+def test_folded_frozen_bn_equals_conv_then_batch_norm():
+    """frozen_bn ResNets fold each BN into its convolution; an unfolded rebuild must agree exactly."""
+    import tensorflow as tf
+
+    folded = build_backbone("resnet50", norm="frozen_bn", image_size=64)
+    rng = np.random.default_rng(0)
+    for layer in folded.layers:  # non-trivial statistics, so a wrong fold shows
+        if isinstance(layer, FrozenBatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 2.0, c)])
+    unfolded = keras.Model.from_config(folded.get_config())  # the fold link is not serialized
+    unfolded.set_weights(folded.get_weights())
+    assert any(layer.__dict__.get("_folded") for layer in folded.layers)
+    assert not any(layer.__dict__.get("_folded") for layer in unfolded.layers)
+    images = tf.constant(rng.normal(0, 50, [2, 64, 64, 3]).astype(np.float32))
+    for training in (False, True):
+        for a, b in zip(folded(images, training=training), unfolded(images, training=training)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-3, atol=2e-3 * float(tf.reduce_max(tf.abs(b))))
+    # Gradients reach the convolution kernels the same way.
+    kernel = folded.get_layer("conv3_block1_2_conv").kernel
+    kernel_ref = unfolded.get_layer("conv3_block1_2_conv").kernel
+    with tf.GradientTape(persistent=True) as tape:
+        loss_a = tf.reduce_sum(folded(images, training=True)[-1])
+        loss_b = tf.reduce_sum(unfolded(images, training=True)[-1])
+    ga, gb = tape.gradient(loss_a, kernel), tape.gradient(loss_b, kernel_ref)
+    np.testing.assert_allclose(ga.numpy(), gb.numpy(), rtol=2e-3, atol=2e-3 * float(tf.reduce_max(tf.abs(gb))))
