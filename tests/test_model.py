@@ -145,3 +145,20 @@ def test_inference_with_unknown_batch_size_in_the_signature():
     batch = two_object_batch(batch=3)
     out = fn(tf.constant(batch["images"]), tf.constant(batch["image_info"]))
     assert out["detection_boxes"].shape == (3, cfg.model.detection.max_detections, 4)
+
+
+def test_mixed_bfloat16_trains_with_finite_losses_and_float32_outputs():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = _compiled(_cfg())
+        batch = {k: tf.constant(v) for k, v in two_object_batch(batch=2).items()}
+        step = tf.function(model.train_step)
+        for _ in range(3):
+            logs = step(batch)
+            assert all(np.isfinite(float(v)) for v in logs.values()), logs
+        assert model.backbone.layers[-1].compute_dtype == "bfloat16"
+        out = model(batch["images"], batch["image_info"])
+        for key in ("detection_boxes", "detection_scores", "detection_masks"):
+            assert out[key].dtype == tf.float32, key
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -28,6 +28,8 @@ class DetectionGenerator(keras.layers.Layer):
     def __init__(self, max_detections: int = 100, score_threshold: float = 0.05,
                  nms_iou_threshold: float = 0.5, pre_nms_topk: int = 1000,
                  box_weights=(10.0, 10.0, 5.0, 5.0), image_size: int = 1024, **kwargs):
+        # Box decoding, matching, top-k and NMS stay float32 under a mixed-precision policy.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.max_detections = max_detections
         self.score_threshold = score_threshold

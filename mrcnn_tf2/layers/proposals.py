@@ -34,6 +34,8 @@ class ProposalGenerator(keras.layers.Layer):
 
     def __init__(self, pre_nms_topk: int = 1000, post_nms_topk: int = 1000, nms_iou_threshold: float = 0.7,
                  min_box_size: float = 0.0, image_size: int = 1024, **kwargs):
+        # Box decoding, matching, top-k and NMS stay float32 under a mixed-precision policy.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.pre_nms_topk = pre_nms_topk
         self.post_nms_topk = post_nms_topk

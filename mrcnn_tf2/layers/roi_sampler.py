@@ -28,6 +28,8 @@ class ROISampler(keras.layers.Layer):
 
     def __init__(self, num_samples: int = 512, positive_fraction: float = 0.25, fg_iou_threshold: float = 0.5,
                  bg_iou_threshold: float = 0.5, box_weights=(10.0, 10.0, 5.0, 5.0), **kwargs):
+        # Box decoding, matching, top-k and NMS stay float32 under a mixed-precision policy.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_samples = num_samples
         self.positive_fraction = positive_fraction
