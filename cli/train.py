@@ -52,8 +52,8 @@ class TrainSession:
     chief: bool
     eval_fn: Callable[[int], trainer.EvalOutput] | None = None
 
-    def dataset_fn(self, ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        return build_dataset(self.cfg, "train", ctx)
+    def dataset_fn(self, ctx: tf.distribute.InputContext, skip_batches: int) -> tf.data.Dataset:
+        return build_dataset(self.cfg, "train", ctx, skip_batches=skip_batches)
 
     def evaluate(self, step: int, verbose: bool = True) -> trainer.EvalOutput:
         """COCO AP on the validation set and a few drawn images, for the loop's evaluation hook."""

@@ -6,11 +6,11 @@ training calls ``model.train_step`` through ``strategy.run`` inside one ``tf.fun
 still works for users who call it directly.
 
 Resuming is exact: the loop starts at ``keeper.step`` (restored with the model and the optimizer,
-whose ``iterations`` drive the LR schedule) and positions the input at the same place by skipping the
-batches already consumed (:func:`distributed_dataset`). The skip runs on the batched dataset, so the
-skipped batches are still read and decoded once (cheap for small datasets, a start-up delay for very
-long runs on big ones); the data order and the augmentation seeds, which derive from each example's
-position in the stream, are those of an uninterrupted run.
+whose ``iterations`` drive the LR schedule) and asks the dataset function for the stream after the
+batches already consumed (:func:`distributed_dataset`). ``pipelines.input_pipeline.build_dataset``
+skips them at the record level (``skip_batches``: the skipped examples are never decoded or augmented)
+and its order and augmentation seeds derive from each example's position in the stream, so the resumed
+run sees exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "EvalOutput",
     "is_chief",
     "batches_per_step",
+    "DatasetFn",
     "distributed_dataset",
     "make_step_fn",
     "current_learning_rate",
@@ -108,23 +109,25 @@ def batches_per_step(input_context: tf.distribute.InputContext) -> int:
     return max(1, input_context.num_replicas_in_sync // max(1, input_context.num_input_pipelines))
 
 
-def distributed_dataset(strategy: tf.distribute.Strategy,
-                        dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
+
+
+def distributed_dataset(strategy: tf.distribute.Strategy, dataset_fn: DatasetFn,
                         start_step: int = 0) -> tf.distribute.DistributedDataset:
     """The per-replica input, positioned after ``start_step`` global steps.
 
     Args:
         strategy: the distribution strategy.
-        dataset_fn: ``input_context -> tf.data.Dataset`` of per-replica batches (an endless stream),
-            e.g. ``lambda ctx: pipelines.input_pipeline.build_dataset(cfg, "train", ctx)``.
+        dataset_fn: ``(input_context, skip_batches) -> tf.data.Dataset`` of per-replica batches, an
+            endless stream that starts after ``skip_batches`` of this pipeline's batches, e.g.
+            ``lambda ctx, n: build_dataset(cfg, "train", ctx, skip_batches=n)`` or
+            ``lambda ctx, n: my_dataset(ctx).skip(n)``.
         start_step: global steps already trained; each pipeline skips
             ``start_step * batches_per_step(ctx)`` batches.
     """
 
     def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        dataset = dataset_fn(ctx)
-        skip = int(start_step) * batches_per_step(ctx)
-        return dataset.skip(skip) if skip else dataset
+        return dataset_fn(ctx, int(start_step) * batches_per_step(ctx))
 
     return strategy.distribute_datasets_from_function(fn)
 
@@ -162,7 +165,7 @@ def _diverged(step: int, logs: Mapping[str, float], last_saved: str | None) -> T
 
 
 def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
-          dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], options: LoopOptions,
+          dataset_fn: DatasetFn, options: LoopOptions,
           keeper: training.CheckpointKeeper, eval_fn: Callable[[int], EvalOutput] | None = None,
           chief: bool = True) -> dict[str, float]:
     """Trains from ``keeper.step`` up to ``options.total_steps``.
@@ -172,8 +175,9 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
         optimizer: the model's optimizer, already built (``optimizer.build(model.trainable_variables)``)
             and restored when resuming.
         strategy: the distribution strategy.
-        dataset_fn: ``input_context -> tf.data.Dataset`` of per-replica batch dicts, an endless stream
-            from its start; the loop skips what ``keeper.step`` steps consumed.
+        dataset_fn: ``(input_context, skip_batches) -> tf.data.Dataset`` of per-replica batch dicts, an
+            endless stream positioned after ``skip_batches`` batches (see :func:`distributed_dataset`);
+            the loop passes what ``keeper.step`` steps consumed.
         options: loop settings.
         keeper: checkpoints of model, optimizer, step and epoch (restored already when resuming).
         eval_fn: ``step -> EvalOutput``, called at the evaluation points (on the chief only).

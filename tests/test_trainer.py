@@ -47,13 +47,13 @@ class TinyLinear(keras.Model):
 def _dataset_fn(nan_at: int = -1):
     """Element i: x = i / 10, y = 2 x + 1 (NaN for element ``nan_at``); per-replica batches, endless."""
 
-    def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+    def fn(ctx: tf.distribute.InputContext, skip_batches: int) -> tf.data.Dataset:
         def element(i):
             x = tf.cast(i, tf.float32) / 10.0
             y = tf.where(tf.equal(i, nan_at), float("nan"), 2.0 * x + 1.0)
             return {"x": tf.reshape(x, [1]), "y": tf.reshape(y, [1])}
 
-        return tf.data.Dataset.range(10**6).map(element).batch(ctx.get_per_replica_batch_size(2))
+        return tf.data.Dataset.range(10**6).map(element).batch(ctx.get_per_replica_batch_size(2)).skip(skip_batches)
 
     return fn
 
@@ -122,8 +122,8 @@ def test_resume_continues_exactly(tmp_path):
 def test_distributed_dataset_skips_consumed_batches(name):
     strategy = training.create_strategy(name)
 
-    def fn(ctx):
-        return tf.data.Dataset.range(100).batch(ctx.get_per_replica_batch_size(4))
+    def fn(ctx, skip_batches):
+        return tf.data.Dataset.range(100).batch(ctx.get_per_replica_batch_size(4)).skip(skip_batches)
 
     first = next(iter(trainer.distributed_dataset(strategy, fn, start_step=3)))
     values = np.concatenate([t.numpy() for t in strategy.experimental_local_results(first)])
