@@ -138,11 +138,16 @@ def restore_training_state(keeper: training.CheckpointKeeper, optimizer: keras.o
     prefix = keeper.latest_path()
     if prefix is None:
         raise CliError(f"no checkpoint to resume in '{keeper.directory}'")
-    if not staged:
-        keeper.restore(prefix, strict=True)
-        return prefix
-    status = tf.train.Checkpoint(model=keeper.model, step=keeper.step, epoch=keeper.epoch).restore(prefix)
-    status.assert_existing_objects_matched()
-    status.expect_partial()
+    try:
+        if not staged:
+            keeper.restore(prefix, strict=True)
+            return prefix
+        status = tf.train.Checkpoint(model=keeper.model, step=keeper.step, epoch=keeper.epoch).restore(prefix)
+        status.assert_existing_objects_matched()
+        status.expect_partial()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise CliError(f"the checkpoint {prefix} does not match the model of this config "
+                       f"({str(e).splitlines()[0][:300]}). Resume without --config (the run's config.json is "
+                       "used) or with the config the run was trained with.") from None
     optimizer.iterations.assign(keeper.step)
     return prefix

@@ -212,7 +212,7 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
         print(f"Training steps {start + 1}..{options.total_steps} ({remaining} steps, "
               f"global batch {options.global_batch_size})", flush=True)
     progbar = keras.utils.Progbar(remaining, verbose=1 if options.verbose else 0, unit_name="step",
-                                  stateful_metrics=["img/s", "lr", "step"])
+                                  stateful_metrics=["img/s", "lr"])
     pending_marks = sorted(float(s) for s in options.eval_at_seconds)
     train_seconds = eval_seconds = 0.0
     loop_start = window_start = time.perf_counter()
@@ -237,7 +237,7 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
             last = step == options.total_steps or out_of_time
             if options.verbose and (interactive or step % options.log_every == 0 or last):
                 shown = [(k, v) for k, v in logs.items() if k.startswith("loss")]
-                shown += [("img/s", logs["images_per_sec"]), ("lr", logs["learning_rate"]), ("step", step)]
+                shown += [("img/s", logs["images_per_sec"]), ("lr", logs["learning_rate"])]
                 progbar.update(step - start, shown, finalize=last)
             if step % options.log_every == 0 or last:
                 logger.scalars("train", logs, step)

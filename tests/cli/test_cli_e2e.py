@@ -36,7 +36,7 @@ def _event_tags(directory: str) -> tuple[set[str], set[str]]:
 @pytest.fixture(scope="module")
 def run_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("cli"))
-    logs = cli.run(tiny_args(root, "train", steps=3, batch_size=2, checkpoint_every=2, model="none"))
+    logs = cli.run(tiny_args(root, "train", steps=3, batch_size=2, checkpoint_every=2, eval_every=3, model="none"))
     return root, logs
 
 
@@ -60,6 +60,8 @@ def test_train_writes_config_checkpoints_and_tensorboard(run_root):
     assert ckpts == ["ckpt-2", "ckpt-3"]  # every 2 steps and the last one
     scalars, _ = _event_tags(os.path.join(run, "train"))
     assert LOSS_TAGS <= scalars
+    scalars, images = _event_tags(os.path.join(run, "eval"))  # --eval_every=3: AP and drawn images at step 3
+    assert {"bbox/AP", "segm/AP50"} <= scalars and images == {"detections"}
 
 
 def test_eval_writes_metrics_and_a_submission_that_reevaluates_the_same(evaluated):
