@@ -77,10 +77,6 @@ def setup(prep: Prepared) -> TrainSession:
     chief = trainer.is_chief(strategy)
     staged = (prep.weights.kind == "last" and prep.previous_cfg is not None
               and prep.previous_cfg.model.train_layers != cfg.model.train_layers)
-    if chief:
-        os.makedirs(paths.model_dir, exist_ok=True)
-        write_config(cfg, paths.config)
-
     global_batch = cfg.train.batch_size
     if global_batch % strategy.num_replicas_in_sync:
         raise CliError(f"train.batch_size={global_batch} must be divisible by the "
@@ -93,12 +89,15 @@ def setup(prep: Prepared) -> TrainSession:
         optimizer.build(model.trainable_variables)
         keeper = training.CheckpointKeeper(paths.model_dir, model, optimizer, cfg.train.keep_checkpoints)
         if prep.weights.kind == "last":
-            restored = restore_training_state(keeper, optimizer, staged)
+            restored = restore_training_state(keeper, optimizer, prep.previous_cfg, staged)
             loaded = (f"resuming {restored} at step {int(keeper.step.numpy())}"
                       + (f" (train_layers {prep.previous_cfg.model.train_layers} -> {cfg.model.train_layers}: "
                          "momentum restarts)" if staged else ""))
         else:
             loaded = load_weights(model, prep.weights, cfg)
+    if chief:  # after the weights loaded: a failed resume leaves the previous config.json in place
+        os.makedirs(paths.model_dir, exist_ok=True)
+        write_config(cfg, paths.config)
     if args.verbose:
         trainable = sum(int(v.numpy().size) for v in model.trainable_variables)
         print(f"config: {prep.config_source} -> {paths.config}; {cfg.model.num_classes - 1} classes "

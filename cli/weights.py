@@ -17,8 +17,6 @@ This module owns how a model gets its starting weights:
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import tensorflow as tf
 from absl import logging
@@ -61,9 +59,13 @@ def restore_model(model: keras.Model, prefix: str) -> None:
 
 
 def _same_architecture(a: config_lib.Config, b: config_lib.Config) -> bool:
-    """Whether two configs build models with the same variables (train_layers only sets trainability)."""
-    strip = lambda c: dataclasses.replace(c.model, train_layers="all")  # noqa: E731
-    return strip(a) == strip(b)
+    """Whether two configs build models with the same checkpoint structure.
+
+    ``model.train_layers`` counts: the backbone is assembled differently when parts of it are frozen, so a
+    checkpoint of a ``heads`` run does not map onto an ``all`` model object by object (but does by
+    weight path, which ``copy_matching_weights`` uses).
+    """
+    return a.model == b.model
 
 
 def _load_raw(model: keras.Model, source: WeightsSource) -> None:
@@ -78,8 +80,21 @@ def _grouped(paths: list[str]) -> str:
     return ", ".join(layers[:12]) + (f" and {len(layers) - 12} more" if len(layers) > 12 else "")
 
 
+def _fit_error(source: WeightsSource, cfg: config_lib.Config, error: Exception, has_config: bool) -> CliError:
+    hint = "" if has_config else (" No config.json of the source run was found next to it (or one folder up) "
+                                  "to tell how it was built;")
+    return CliError(f"the weights in '{source.path}' do not fit the '{cfg.name}' model "
+                    f"({str(error).splitlines()[0][:300]}).{hint} check --config, or pass weights of the same "
+                    "architecture.")
+
+
 def load_weights(model: keras.Model, source: WeightsSource, cfg: config_lib.Config) -> str:
     """Loads the model weights of ``source`` (kind ``last``, ``checkpoint``, ``h5``, ``imagenet``, ``none``).
+
+    A compiled model tracks its optimizer, and checkpoints (and Keras 3 ``.weights.h5`` files) of a
+    compiled model hold the optimizer state too; to load the *model weights only*, the file is read into
+    a separate, never compiled model and the weights are copied. An uncompiled model of the same
+    architecture (eval, predict) is restored directly.
 
     Args:
         model: a built model of ``cfg``.
@@ -99,23 +114,23 @@ def load_weights(model: keras.Model, source: WeightsSource, cfg: config_lib.Conf
         load_backbone_weights(model.backbone, cfg.model.backbone, "imagenet")
         return f"weights: ImageNet {cfg.model.backbone} backbone; FPN and heads randomly initialized"
     source_cfg = read_config(source.source_config) if source.source_config else None
-    if source_cfg is None or _same_architecture(source_cfg, cfg):
+    same = source_cfg is None or _same_architecture(source_cfg, cfg)
+    if same and getattr(model, "optimizer", None) is None:
         try:
             _load_raw(model, source)
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            hint = ("" if source_cfg else " No config.json of the source run was found next to it (or one "
-                    "folder up) to tell how it was built;")
-            raise CliError(f"the weights in '{source.path}' do not fit the '{cfg.name}' model "
-                           f"({str(e).splitlines()[0][:300]}).{hint} check --config, or pass weights "
-                           "of the same architecture.") from None
+            raise _fit_error(source, cfg, e, source_cfg is not None) from None
         return f"weights: {source.path}"
-    if source_cfg.model.backbone != cfg.model.backbone:
+    if source_cfg is not None and source_cfg.model.backbone != cfg.model.backbone:
         raise CliError(f"'{source.path}' holds a {source_cfg.model.backbone} model ({source.source_config}) "
                        f"but the config builds a {cfg.model.backbone}; use --model=imagenet or --model=none.")
-    source_model = build_model(source_cfg)
-    _load_raw(source_model, source)
+    source_model = build_model(source_cfg if source_cfg is not None else cfg)
+    try:
+        _load_raw(source_model, source)
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise _fit_error(source, cfg, e, source_cfg is not None) from None
     skipped = copy_matching_weights(model, source_model)
-    message = f"weights: {source.path} (built from {source.source_config})"
+    message = f"weights: {source.path}" + (f" (built from {source.source_config})" if not same else "")
     if skipped:
         message += f"; skipped {len(skipped)} weights whose shape differs (kept initial values): {_grouped(skipped)}"
         logging.warning(message)
@@ -123,12 +138,13 @@ def load_weights(model: keras.Model, source: WeightsSource, cfg: config_lib.Conf
 
 
 def restore_training_state(keeper: training.CheckpointKeeper, optimizer: keras.optimizers.Optimizer,
-                           staged: bool) -> str:
+                           previous_cfg: config_lib.Config | None, staged: bool) -> str:
     """Resumes from the newest checkpoint of ``keeper`` (``--model=last`` in training).
 
     Args:
         keeper: the training keeper (model, optimizer, step, epoch), built under the strategy scope.
         optimizer: the built optimizer.
+        previous_cfg: the config the checkpoint was written with (``<model_dir>/config.json``; staged case).
         staged: ``model.train_layers`` changed since the checkpoint: restore model, step and epoch, set
             ``optimizer.iterations`` to the step, and start momentum from zero.
 
@@ -142,9 +158,14 @@ def restore_training_state(keeper: training.CheckpointKeeper, optimizer: keras.o
         if not staged:
             keeper.restore(prefix, strict=True)
             return prefix
-        status = tf.train.Checkpoint(model=keeper.model, step=keeper.step, epoch=keeper.epoch).restore(prefix)
-        status.assert_existing_objects_matched()
-        status.expect_partial()
+        # The optimizer slots no longer fit and the backbone is assembled differently: read the weights
+        # into an uncompiled model of the previous stage and copy them by path; step and epoch directly.
+        source = build_model(previous_cfg)
+        restore_model(source, prefix)
+        skipped = copy_matching_weights(keeper.model, source)
+        if skipped:
+            raise ValueError(f"{len(skipped)} weights have no counterpart, e.g. {skipped[0]}")
+        tf.train.Checkpoint(step=keeper.step, epoch=keeper.epoch).restore(prefix).expect_partial()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise CliError(f"the checkpoint {prefix} does not match the model of this config "
                        f"({str(e).splitlines()[0][:300]}). Resume without --config (the run's config.json is "

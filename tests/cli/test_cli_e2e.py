@@ -7,6 +7,7 @@ import glob
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import cli
+from cli import train as train_cli
+from cli.weights import restore_model
+from mrcnn_tf2 import build_model
 from tests.cli.common import tiny_args
 
 LOSS_TAGS = {"loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask", "grad_norm",
@@ -122,3 +126,21 @@ def test_predict_writes_png_and_json_matching_the_submission(evaluated, tmp_path
             assert got["category_name"] == ["square", "circle", "triangle"][want["category_id"] - 1]
             np.testing.assert_allclose(got["bbox"], want["bbox"], atol=1e-3)
             assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+
+
+def test_next_stage_with_other_train_layers_restores_weights_step_and_lr_position(run_root, tmp_path):
+    root, _ = run_root
+    shutil.copytree(os.path.join(root, "run"), tmp_path / "run")
+    prep = cli.prepare(tiny_args(root, "train", model_dir=str(tmp_path / "run"), model="last", config=None,
+                                 train_layers="heads", steps=6))
+    assert prep.previous_cfg.model.train_layers == "all" and prep.cfg.model.train_layers == "heads"
+    session = train_cli.setup(prep)
+    assert int(session.keeper.step.numpy()) == 3 and int(session.optimizer.iterations.numpy()) == 3
+    assert len(session.model.trainable_variables) < len(build_model(prep.previous_cfg).trainable_variables)
+    reference = build_model(prep.previous_cfg)
+    restore_model(reference, os.path.join(tmp_path, "run", "checkpoints", "ckpt-3"))
+    by_path = {w.path: w.numpy() for w in reference.weights}
+    for weight in session.model.weights:
+        np.testing.assert_array_equal(weight.numpy(), by_path[weight.path], err_msg=weight.path)
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["model"]["train_layers"] == "heads"
