@@ -16,7 +16,6 @@ run sees exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -42,7 +41,6 @@ __all__ = [
     "make_step_fn",
     "current_learning_rate",
     "train",
-    "model_dir_paths",
 ]
 
 
@@ -188,8 +186,9 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
         ``learning_rate``) plus ``step``; only ``step`` when there was nothing to train.
 
     Raises:
-        TrainingDivergedError: a non-finite loss or gradient norm; the message names the step and the
-            last good checkpoint, and no checkpoint is written after it.
+        TrainingDivergedError: a non-finite loss or gradient norm (the norm may overflow under dynamic
+            loss scaling: that step is skipped by the optimizer); the message names the step and the last
+            good checkpoint, and no checkpoint is written after it.
     """
     start = int(keeper.step.numpy())
     last_saved = keeper.latest_path()
@@ -213,6 +212,9 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
               f"global batch {options.global_batch_size})", flush=True)
     progbar = keras.utils.Progbar(remaining, verbose=1 if options.verbose else 0, unit_name="step",
                                   stateful_metrics=["img/s", "lr"])
+    # Dynamic loss scaling (mixed float16) skips steps whose gradients overflow: an Inf gradient norm
+    # is then expected, not divergence.
+    overflow_ok = {"grad_norm"} if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else set()
     pending_marks = sorted(float(s) for s in options.eval_at_seconds)
     train_seconds = eval_seconds = 0.0
     loop_start = window_start = time.perf_counter()
@@ -225,7 +227,7 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
                 tracker.reset_state()
             out = step_fn(iterator)
             step_logs = {k: float(v) for k, v in out.items()}
-            if not all(math.isfinite(v) for v in step_logs.values()):
+            if not all(math.isfinite(v) for k, v in step_logs.items() if k not in overflow_ok):
                 raise _diverged(step, step_logs, last_saved)
             train_seconds = time.perf_counter() - loop_start - eval_seconds
             window_images += options.global_batch_size
@@ -277,10 +279,3 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
     logs["step"] = float(step)
     logs["train_seconds"] = train_seconds
     return logs
-
-
-def model_dir_paths(model_dir: str) -> dict[str, str]:
-    """The files and folders a run writes under model_dir (DESIGN.md section 4)."""
-    return {"checkpoints": os.path.join(model_dir, "checkpoints"), "config": os.path.join(model_dir, "config.json"),
-            "train_logs": os.path.join(model_dir, "train"), "eval_logs": os.path.join(model_dir, "eval"),
-            "metrics": os.path.join(model_dir, "eval", "metrics.json")}
