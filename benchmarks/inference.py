@@ -35,12 +35,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--score-thresh", type=float, default=0.0)
+    parser.add_argument("--pre-nms-topk", type=int, default=None,
+                        help="model.detection.pre_nms_topk; raise it to get D detections from random weights")
     parser.add_argument("--jit", action="store_true", help="XLA-compile the whole inference function")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    cfg = config.preset(args.config, overrides={"model.image_size": args.size,
-                                                "model.detection.score_threshold": args.score_thresh})
+    overrides = {"model.image_size": args.size, "model.detection.score_threshold": args.score_thresh}
+    if args.pre_nms_topk:
+        overrides["model.detection.pre_nms_topk"] = args.pre_nms_topk
+    cfg = config.preset(args.config, overrides=overrides)
     tf.keras.utils.set_random_seed(0)
     model = build_model(cfg)
     image, info = preprocess_image(tf.constant(common.seeded_image(args.size)), args.size,
