@@ -190,15 +190,36 @@ class MaskRCNN(keras.Model):
             grads = [g / replicas for g in grads]
         return grads, norm / loss_scale
 
-    def train_step(self, data: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        variables = self.trainable_variables
+    def _losses_and_gradients(self, data: Mapping[str, tf.Tensor], replicas: int
+                              ) -> tuple[tf.Tensor, dict[str, tf.Tensor], list[tf.Tensor | None]]:
+        """This replica's forward pass, losses and (scaled) gradients; the part XLA compiles."""
         with tf.GradientTape() as tape:
             losses = self.compute_losses(data, training=True)
             total = self.total_loss(losses)
             # Keras 3 sums gradients over replicas: divide by their number to get the global mean.
             scaled = self.optimizer.scale_loss(total / replicas)
-        grads = tape.gradient(scaled, variables)
+        return total, losses, tape.gradient(scaled, self.trainable_variables)
+
+    def _compiled_losses_and_gradients(self):
+        fn = self.__dict__.get("_xla_losses_and_gradients")
+        if fn is None:
+            fn = tf.function(self._losses_and_gradients, jit_compile=True, reduce_retracing=True)
+            object.__setattr__(self, "_xla_losses_and_gradients", fn)
+        return fn
+
+    def train_step(self, data: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """One optimisation step on this replica's batch (run it through ``strategy.run``).
+
+        With ``self.jit_compile`` (Keras' attribute, set by ``compile(jit_compile=True)`` or directly),
+        the forward pass, the losses and the gradients (everything per replica: backbone, RPN, proposal
+        NMS, ROI sampling, ROIAlign, heads, targets and losses) run as one XLA computation; the
+        cross-replica reduction, clipping and optimizer update stay outside it, so the same step works
+        under MirroredStrategy and MultiWorkerMirroredStrategy.
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        variables = self.trainable_variables
+        compute = self._compiled_losses_and_gradients() if self.jit_compile else self._losses_and_gradients
+        total, losses, grads = compute(data, replicas)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         # 1.0, or the current dynamic loss scale of a LossScaleOptimizer (mixed float16).
         loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)

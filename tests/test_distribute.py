@@ -65,3 +65,31 @@ def test_two_replicas_equal_one_replica_with_the_same_global_batch(clip_norm):
     for update, diff in zip(updates, diffs):
         if update > 1e-2 * max(updates):  # BN shifts before another BN have ~0 gradient: noise only
             assert diff < 3e-2 * update
+
+
+@pytest.mark.slow
+def test_xla_compiled_step_equals_the_graph_step():
+    """``model.jit_compile``: forward, losses and gradients run as one XLA computation (on the CPU here)."""
+    cfg = _cfg(1e6)
+    tf.keras.utils.set_random_seed(0)
+    weights = build_model(cfg).get_weights()
+    batch = two_object_batch(batch=2)
+    results = []
+    for jit in (False, True):
+        model = build_model(cfg)
+        model.set_weights(weights)
+        optimizer = keras.optimizers.SGD(learning_rate=0.01)
+        model.compile(optimizer=optimizer, jit_compile=False)
+        optimizer.build(model.trainable_variables)
+        model.jit_compile = jit
+        logs = tf.function(model.train_step)({k: tf.constant(v) for k, v in batch.items()})
+        results.append(({k: float(v) for k, v in logs.items()}, [v.numpy() for v in model.trainable_variables]))
+        if jit:
+            assert "_xla_losses_and_gradients" in model.__dict__  # the compiled path really ran
+    (graph_logs, graph_vars), (xla_logs, xla_vars) = results
+    for key in ("loss", "loss_rpn_cls", "loss_cls", "loss_mask", "grad_norm"):
+        np.testing.assert_allclose(xla_logs[key], graph_logs[key], rtol=1e-3, err_msg=key)
+    start = [w for w, v in zip(weights, build_model(cfg).weights) if v.trainable]
+    total_update = np.sqrt(sum(np.sum(np.square(a - s)) for a, s in zip(graph_vars, start)))
+    total_diff = np.sqrt(sum(np.sum(np.square(a - b)) for a, b in zip(graph_vars, xla_vars)))
+    assert total_update > 1e-3 and total_diff < 1e-2 * total_update
