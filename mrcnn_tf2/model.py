@@ -124,8 +124,13 @@ class MaskRCNN(keras.Model):
 
     # === Training ===
 
-    def compute_losses(self, data: Mapping[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
-        """The forward pass with targets; returns {loss key: scalar float32} for this replica's batch."""
+    def compute_losses(self, data: Mapping[str, tf.Tensor], training: bool = True,
+                       static_shapes: bool = False) -> dict[str, tf.Tensor]:
+        """The forward pass with targets; returns {loss key: scalar float32} for this replica's batch.
+
+        ``static_shapes`` keeps every intermediate shape static (needed under XLA); otherwise the mask
+        branch runs on as many ROIs as the batch has foreground ROIs.
+        """
         images, image_info = data["images"], data["image_info"]
         gt_boxes = tf.cast(data["gt_boxes"], tf.float32)
         gt_classes = tf.cast(data["gt_classes"], tf.int32)
@@ -156,8 +161,14 @@ class MaskRCNN(keras.Model):
         losses.update(losses_lib.box_head_losses(class_logits, box_deltas, sample["classes"],
                                                  sample["box_targets"], sample["valid"]))
 
-        # Mask head on the foreground ROIs only; the sampler puts them first, so a static slice holds all.
+        # Mask head on the foreground ROIs only; the sampler puts them first, so a slice holds all. Under
+        # XLA (jit_compile, TPUs) the slice has the static worst-case size; otherwise it is cut to the
+        # largest foreground count in the batch, which saves most of the mask head's cost early in
+        # training and on images with few objects.
         num_mask = max(1, int(self.roi_sampler.num_samples * self.roi_sampler.positive_fraction))
+        if not static_shapes:
+            most = tf.reduce_max(tf.reduce_sum(tf.cast(sample["positive"], tf.int32), axis=1))
+            num_mask = tf.clip_by_value(most, 1, num_mask)
         mask_rois = sample["rois"][:, :num_mask]
         mask_positive = sample["positive"][:, :num_mask]
         mask_classes = tf.maximum(sample["classes"][:, :num_mask], 0)
@@ -190,11 +201,11 @@ class MaskRCNN(keras.Model):
             grads = [g / replicas for g in grads]
         return grads, norm / loss_scale
 
-    def _losses_and_gradients(self, data: Mapping[str, tf.Tensor], replicas: int
+    def _losses_and_gradients(self, data: Mapping[str, tf.Tensor], replicas: int, static_shapes: bool = False
                               ) -> tuple[tf.Tensor, dict[str, tf.Tensor], list[tf.Tensor | None]]:
         """This replica's forward pass, losses and (scaled) gradients; the part XLA compiles."""
         with tf.GradientTape() as tape:
-            losses = self.compute_losses(data, training=True)
+            losses = self.compute_losses(data, training=True, static_shapes=static_shapes)
             total = self.total_loss(losses)
             # Keras 3 sums gradients over replicas: divide by their number to get the global mean.
             scaled = self.optimizer.scale_loss(total / replicas)
@@ -218,8 +229,11 @@ class MaskRCNN(keras.Model):
         """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
-        compute = self._compiled_losses_and_gradients() if self.jit_compile else self._losses_and_gradients
-        total, losses, grads = compute(data, replicas)
+        if self.jit_compile:
+            total, losses, grads = self._compiled_losses_and_gradients()(data, replicas, True)
+        else:
+            static = isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+            total, losses, grads = self._losses_and_gradients(data, replicas, static)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         # 1.0, or the current dynamic loss scale of a LossScaleOptimizer (mixed float16).
         loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
@@ -228,7 +242,8 @@ class MaskRCNN(keras.Model):
         return self._update_trackers(total, losses, grad_norm)
 
     def test_step(self, data: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        losses = self.compute_losses(data, training=False)
+        static = self.jit_compile or isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+        losses = self.compute_losses(data, training=False, static_shapes=static)
         return self._update_trackers(self.total_loss(losses), losses, None)
 
     def predict_step(self, data: Any) -> dict[str, tf.Tensor]:
