@@ -24,6 +24,7 @@ from mrcnn_tf2 import targets
 from mrcnn_tf2.ops import anchors as anchors_lib
 from mrcnn_tf2.ops import roi_align
 
+ROI_MAX_LEVEL = 5  # the coarsest FPN level that ROIAlign pools from
 LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
 _SUBLAYERS = ("backbone", "fpn", "rpn_head", "proposals_train", "proposals_test", "roi_sampler",
               "box_head", "mask_head", "detection_generator")
@@ -103,7 +104,9 @@ class MaskRCNN(keras.Model):
         return self.fpn(self.backbone(images, training=training), training=training)
 
     def _roi_align(self, features: Mapping[int, tf.Tensor], boxes: tf.Tensor, size: int) -> tf.Tensor:
-        return roi_align.multilevel_roi_align(features, boxes, size, canonical_size=self.canonical_size,
+        # ROIs are pooled from P2-P5 as in the FPN paper (detectron2, torchvision); P6 only feeds the RPN.
+        pooled = {level: x for level, x in features.items() if level <= ROI_MAX_LEVEL}
+        return roi_align.multilevel_roi_align(pooled, boxes, size, canonical_size=self.canonical_size,
                                               canonical_level=self.canonical_level)
 
     def call(self, images: tf.Tensor, image_info: tf.Tensor | None = None, training: bool = False
