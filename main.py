@@ -30,7 +30,8 @@ STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_enum("strategy", "one_device", STRATEGIES,
                   "tf.distribute strategy; multi_worker reads the TF_CONFIG environment variable.")
-flags.DEFINE_string("tpu", "", "TPU name or grpc:// address for --strategy=tpu (empty: the default TPU).")
+flags.DEFINE_string("tpu", "", "TPU name, 'local' (a TPU VM) or grpc://host:port for --strategy=tpu (empty: the "
+                    "TPU_NAME environment variable or the resolver's default).")
 flags.DEFINE_string("config", DEFAULT_CONFIG,
                     "A preset (shapes, coco_r50_fpn, coco_r101_fpn) or a .yaml/.json file. eval/predict/export "
                     "(and train --model=last without --config) use <model_dir>/config.json when it exists.")
@@ -59,9 +60,12 @@ flags.DEFINE_integer("eval_every", None, "Evaluate on the validation set every N
 flags.DEFINE_enum("train_layers", None, TRAIN_LAYERS,
                   "Trainable part (model.train_layers): heads, 3+, 4+, 5+ or all; staged training = heads, "
                   "then all with --model=last.")
-flags.DEFINE_bool("mixed_precision", False,
-                  "Mixed precision: float16 with loss scaling (bfloat16 with --strategy=tpu).")
-flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
+flags.DEFINE_string("mixed_precision", "",
+                    "train: float16 (GPUs; dynamic loss scaling) or bfloat16 (TPUs, recent CPUs and GPUs): the "
+                    "Keras mixed_<dtype> policy, variables stay float32 (train.mixed_precision). Empty: the "
+                    "config's value (off in the presets).")
+flags.DEFINE_bool("jit_compile", False, "train: compile each replica's forward pass, losses and gradients with "
+                  "XLA (train.jit_compile); the cross-replica reduction and the update are not compiled.")
 
 FLAGS = flags.FLAGS
 

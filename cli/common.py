@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 from mrcnn_tf2 import config as config_lib
 
-__all__ = ["CliError", "MODES", "RunArgs", "RunPaths", "WeightsSource", "Prepared", "prepare", "read_config",
-           "write_config", "find_checkpoint", "run_config_path", "DEFAULT_CONFIG"]
+__all__ = ["CliError", "MODES", "MIXED_PRECISION_FLAG", "RunArgs", "RunPaths", "WeightsSource", "Prepared",
+           "prepare", "read_config", "write_config", "find_checkpoint", "run_config_path", "DEFAULT_CONFIG"]
 
 MODES = ("train", "eval", "export", "predict")
+MIXED_PRECISION_FLAG = ("", "float16", "bfloat16")  # --mixed_precision values; "" = the config's setting
 DEFAULT_CONFIG = "shapes"
 
 
@@ -61,7 +62,7 @@ class RunArgs:
     checkpoint_every: int | None = None
     eval_every: int | None = None
     train_layers: str | None = None
-    mixed_precision: bool = False
+    mixed_precision: str = ""  # "", "float16" or "bfloat16"
     jit_compile: bool = False
     verbose: bool = True
 
@@ -225,8 +226,21 @@ def _flag_overrides(args: RunArgs) -> dict[str, object]:
     if args.jit_compile:
         out["train.jit_compile"] = True
     if args.mixed_precision:
-        out["train.mixed_precision"] = "bfloat16" if args.strategy == "tpu" else "float16"
+        out["train.mixed_precision"] = args.mixed_precision
     return out
+
+
+def _check_mixed_precision(args: RunArgs) -> None:
+    if args.mixed_precision not in MIXED_PRECISION_FLAG:
+        raise CliError(f"--mixed_precision={args.mixed_precision} must be float16 (GPUs, with loss scaling) or "
+                       "bfloat16 (TPUs); leave it out for float32. The flag takes a value: the bare "
+                       "--mixed_precision of earlier versions is now --mixed_precision=float16.")
+
+
+def _check_tpu_precision(args: RunArgs, cfg: config_lib.Config) -> None:
+    if args.mode == "train" and args.strategy == "tpu" and cfg.train.mixed_precision == "float16":
+        raise CliError("--strategy=tpu computes in bfloat16: use --mixed_precision=bfloat16 (train.mixed_precision"
+                       "=float16 is for GPUs).")
 
 
 def _check_positive(args: RunArgs) -> None:
@@ -279,6 +293,7 @@ def prepare(args: RunArgs) -> Prepared:
     if args.mode not in MODES:
         raise CliError(f"--mode={args.mode} is not one of {', '.join(MODES)}.")
     _check_positive(args)
+    _check_mixed_precision(args)
     if args.mode == "predict" and not args.images:
         raise CliError("--mode=predict needs --images, e.g. --images='photos/*.jpg' --output_dir=predictions/.")
     paths = RunPaths(args.model_dir)
@@ -298,6 +313,7 @@ def prepare(args: RunArgs) -> Prepared:
         base, source = config_lib.resolve(name), name
     cfg = config_lib.apply_overrides(base, args.config_override)
     cfg = config_lib.validate(config_lib.apply_overrides(cfg, _flag_overrides(args)))
+    _check_tpu_precision(args, cfg)
     weights = _resolve_weights(args, cfg, paths)
     _check_dataset_files(cfg, args.mode)
     if args.mode in ("train", "eval") or not cfg.data.category_ids:

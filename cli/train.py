@@ -3,6 +3,16 @@
 Writes ``<model_dir>/config.json`` (the resolved config with the category mapping) before the first
 step, checkpoints to ``<model_dir>/checkpoints/ckpt-<step>``, TensorBoard to ``<model_dir>/train`` and,
 with ``train.eval_every`` (``--eval_every``), COCO AP and a few validation images to ``<model_dir>/eval``.
+Under ``--strategy=multi_worker`` only the chief (worker 0, or the ``chief`` task) writes there; the
+other workers save into temporary folders that are removed at the end.
+
+``--mixed_precision`` sets the global Keras policy (``mixed_float16``/``mixed_bfloat16``) for the run;
+``run`` restores the previous policy when it returns (``setup`` alone leaves it set). ``--jit_compile``
+sets ``model.jit_compile``: the model compiles its per-replica forward pass, losses and gradients.
+
+Test hook: with the environment variable ``MRCNN_TF2_WEIGHTS_DUMP=<file.npz>``, ``run`` writes the final
+model weights (``{weight.path: value}``) of this process there, so a test can check that every worker of
+a multi-worker run ends with the same weights.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cli.common import CliError, Prepared, write_config
@@ -25,7 +36,9 @@ from mrcnn_tf2.builder import build_model
 from pipelines.coco import dataset_paths
 from pipelines.input_pipeline import build_dataset
 
-__all__ = ["count_train_images", "TrainSession", "setup", "run"]
+__all__ = ["WEIGHTS_DUMP_ENV", "count_train_images", "TrainSession", "setup", "run"]
+
+WEIGHTS_DUMP_ENV = "MRCNN_TF2_WEIGHTS_DUMP"
 
 
 def count_train_images(cfg: config_lib.Config) -> int:
@@ -72,8 +85,9 @@ def setup(prep: Prepared) -> TrainSession:
     """Creates the strategy, writes config.json, builds model and optimizer and loads the weights."""
     cfg, args, paths = prep.cfg, prep.args, prep.paths
     strategy = training.create_strategy(args.strategy, args.tpu)  # first: multi_worker wants it before any op
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_global_policy(f"mixed_{cfg.train.mixed_precision}")
+    # The config decides (float32 unless train.mixed_precision): layers take their dtype policy when built.
+    mixed = cfg.train.mixed_precision
+    keras.mixed_precision.set_global_policy(f"mixed_{mixed}" if mixed else "float32")
     chief = trainer.is_chief(strategy)
     staged = (prep.weights.kind == "last" and prep.previous_cfg is not None
               and prep.previous_cfg.model.train_layers != cfg.model.train_layers)
@@ -86,6 +100,8 @@ def setup(prep: Prepared) -> TrainSession:
         model = build_model(cfg)
         optimizer = training.build_optimizer(cfg.train, global_batch, cfg.train.mixed_precision)
         model.compile(optimizer=optimizer, jit_compile=False)
+        # The model compiles its per-replica part itself; the loop's step function is never XLA-compiled.
+        model.jit_compile = cfg.train.jit_compile
         optimizer.build(model.trainable_variables)
         keeper = training.CheckpointKeeper(paths.model_dir, model, optimizer, cfg.train.keep_checkpoints)
         if prep.weights.kind == "last":
@@ -108,7 +124,7 @@ def setup(prep: Prepared) -> TrainSession:
         model_dir=paths.model_dir, total_steps=cfg.train.steps, global_batch_size=global_batch,
         checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
         eval_every=cfg.train.eval_every, steps_per_epoch=count_train_images(cfg) // global_batch,
-        jit_compile=cfg.train.jit_compile, verbose=args.verbose)
+        verbose=args.verbose)
     session = TrainSession(cfg, strategy, model, optimizer, keeper, options, chief)
     if cfg.train.eval_every:
         session.eval_fn = lambda step: session.evaluate(step, args.verbose)
@@ -116,9 +132,20 @@ def setup(prep: Prepared) -> TrainSession:
 
 
 def run(prep: Prepared) -> dict[str, Any]:
-    """Trains up to ``train.steps``; returns the last step's logs (see ``trainer.train``)."""
-    session = setup(prep)
-    logs = session.train()
+    """Trains up to ``train.steps``; returns the last step's logs (see ``trainer.train``).
+
+    The global Keras dtype policy is restored afterwards, so a notebook or test that calls this with
+    ``--mixed_precision`` gets float32 models again.
+    """
+    policy = keras.mixed_precision.global_policy()
+    try:
+        session = setup(prep)
+        logs = session.train()
+        dump = os.environ.get(WEIGHTS_DUMP_ENV)
+        if dump:
+            np.savez(dump, **{w.path: w.numpy() for w in session.model.weights})
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     if prep.args.verbose and session.chief:
         print(f"checkpoints: {session.keeper.directory} (newest: {session.keeper.latest_path()})\n"
               f"TensorBoard: tensorboard --logdir {prep.paths.model_dir}", flush=True)

@@ -65,7 +65,6 @@ class LoopOptions:
             (wall-clock time since the loop started, tracing and checkpoints included, evaluations
             excluded); 0 = no limit.
         eval_at_seconds: also call ``eval_fn`` when the training time passes each of these marks.
-        jit_compile: compile the per-replica step with XLA.
         verbose: show the progress bar.
     """
 
@@ -78,7 +77,6 @@ class LoopOptions:
     steps_per_epoch: int = 0
     max_seconds: float = 0.0
     eval_at_seconds: Sequence[float] = field(default_factory=tuple)
-    jit_compile: bool = False
     verbose: bool = True
 
 
@@ -130,18 +128,18 @@ def distributed_dataset(strategy: tf.distribute.Strategy, dataset_fn: DatasetFn,
     return strategy.distribute_datasets_from_function(fn)
 
 
-def make_step_fn(model: keras.Model, strategy: tf.distribute.Strategy,
-                 jit_compile: bool = False) -> Callable[[Any], dict[str, tf.Tensor]]:
+def make_step_fn(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable[[Any], dict[str, tf.Tensor]]:
     """A ``tf.function(iterator) -> logs`` running one distributed ``model.train_step``.
 
     The logs are the model's tracker values (``loss``, each loss term, ``grad_norm``) averaged over
-    replicas; reset the trackers before each call to get this step's values.
+    replicas; reset the trackers before each call to get this step's values. XLA is the model's
+    business (``model.jit_compile``: MaskRCNN compiles its per-replica forward, loss and gradient and
+    keeps the cross-replica reduction and the update outside XLA), so nothing is compiled here.
     """
-    replica_step = tf.function(model.train_step, jit_compile=True) if jit_compile else model.train_step
 
     @tf.function
     def step(iterator):
-        logs = strategy.run(replica_step, args=(next(iterator),))
+        logs = strategy.run(model.train_step, args=(next(iterator),))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
 
     return step
@@ -203,7 +201,7 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
         saver.step.assign(keeper.step)
         saver.epoch.assign(keeper.epoch)
     iterator = iter(distributed_dataset(strategy, dataset_fn, start))
-    step_fn = make_step_fn(model, strategy, options.jit_compile)
+    step_fn = make_step_fn(model, strategy)
 
     remaining = options.total_steps - start
     interactive = options.verbose and sys.stdout.isatty()

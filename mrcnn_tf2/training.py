@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "StrategyError",
     "STRATEGIES",
     "create_strategy",
+    "TPU_CONNECT_TIMEOUT_S",
     "NonFiniteWeightsError",
     "CheckpointKeeper",
     "TensorBoardLogger",
@@ -194,6 +196,46 @@ def _check_tf_config() -> None:
                             f"{spec['cluster']}; {example}")
 
 
+TPU_CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(master: str, timeout: float) -> None:
+    """Fails fast when nothing listens at a ``grpc://host:port`` TPU address.
+
+    TensorFlow itself waits for an unreachable remote worker for minutes without a message.
+    """
+    host, _, port = master.removeprefix("grpc://").rpartition(":")
+    if not host or not port.isdigit():
+        raise StrategyError(f"--tpu={master} is not a grpc://host:port address")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise StrategyError(f"--strategy=tpu: nothing answers at {master} within {timeout:.0f} s ({e}). Check "
+                            "the TPU address and that the TPU is running and reachable from this machine.") from None
+
+
+def _tpu_strategy(tpu_address: str) -> tf.distribute.TPUStrategy:
+    """Resolves, connects to and initializes a TPU system; any failure becomes a ``StrategyError``."""
+    shown = f"--tpu={tpu_address}" if tpu_address else "no --tpu (the TPU_NAME variable or the default TPU)"
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or None)
+        master = resolver.master()
+        if master.startswith("grpc://"):
+            _check_reachable(master, TPU_CONNECT_TIMEOUT_S)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except StrategyError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the resolver raises ValueError, OSError, HTTP and TF errors alike
+        reason = " ".join(str(e).split()).rstrip(".")
+        reason = reason if len(reason) <= 200 else reason[:200] + " ..."
+        raise StrategyError(
+            f"--strategy=tpu could not reach a TPU with {shown}: {type(e).__name__}: {reason}. Pass the TPU name "
+            "(Cloud TPU Node), --tpu=local (on a TPU VM) or --tpu=grpc://host:port, check that the TPU is up, and "
+            "that TensorFlow has TPU support (tensorflow-tpu on a TPU VM; tensorflow-cpu has none).") from None
+
+
 def create_strategy(name: str, tpu_address: str = "") -> tf.distribute.Strategy:
     """Creates a ``tf.distribute.Strategy`` by name.
 
@@ -217,14 +259,7 @@ def create_strategy(name: str, tpu_address: str = "") -> tf.distribute.Strategy:
         _check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or None)
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, RuntimeError, tf.errors.OpError) as e:
-            raise StrategyError(
-                f"--strategy=tpu could not reach a TPU (address '{tpu_address}'): {e}") from None
-        return tf.distribute.TPUStrategy(resolver)
+        return _tpu_strategy(tpu_address)
     raise StrategyError(f"unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}")
 
 

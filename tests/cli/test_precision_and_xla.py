@@ -1,0 +1,53 @@
+"""--mixed_precision and --jit_compile through the CLI (in-process, a few steps of the tiny shapes run)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import cli
+from cli import train as train_cli
+from tests.cli.common import tiny_args
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """Captures the TrainSession that ``cli.run`` builds, to look at its model afterwards."""
+    captured: list[train_cli.TrainSession] = []
+    real_setup = train_cli.setup
+
+    def setup(prep):
+        captured.append(real_setup(prep))
+        return captured[-1]
+
+    monkeypatch.setattr(train_cli, "setup", setup)
+    yield captured
+    keras.mixed_precision.set_global_policy("float32")  # in case a failing run left it set
+
+
+def test_bfloat16_trains_with_finite_losses_and_restores_the_policy(tmp_path, sessions):
+    logs = cli.run(tiny_args(str(tmp_path), "train", steps=3, batch_size=2, checkpoint_every=100, model="none",
+                             mixed_precision="bfloat16"))
+    assert logs["step"] == 3
+    losses = {k: v for k, v in logs.items() if k.startswith("loss")}
+    assert len(losses) == 6 and all(math.isfinite(v) and v > 0 for v in losses.values()), logs
+    assert math.isfinite(logs["grad_norm"]) and logs["grad_norm"] > 0
+    model = sessions[0].model
+    # The layers computed in bfloat16 with float32 variables; the optimizer needs no loss scaling.
+    assert model.backbone.compute_dtype == "bfloat16" and model.mask_head.compute_dtype == "bfloat16"
+    assert {v.dtype for v in model.trainable_variables} == {"float32"}
+    assert not isinstance(sessions[0].optimizer, keras.optimizers.LossScaleOptimizer)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored by cli.run
+    assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
+
+
+def test_jit_compile_flag_sets_the_models_attribute(tmp_path):
+    """XLA lives in the model (``MaskRCNN.jit_compile``); the CLI only passes the flag on."""
+    prep = cli.prepare(tiny_args(str(tmp_path), "train", steps=1, batch_size=2, model="none", jit_compile=True))
+    session = train_cli.setup(prep)
+    assert session.model.jit_compile is True
+    prep = cli.prepare(tiny_args(str(tmp_path), "train", model_dir="plain", steps=1, batch_size=2, model="none"))
+    assert train_cli.setup(prep).model.jit_compile is False
