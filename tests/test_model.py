@@ -166,8 +166,8 @@ def test_mixed_bfloat16_trains_with_finite_losses_and_float32_outputs():
 
 def test_roi_align_pools_from_p2_to_p5_only():
     model = build_model(_cfg())
-    features = {level: tf.random.normal([1, 256 // 2**level, 256 // 2**level, 4]) for level in range(2, 7)}
-    huge = tf.constant([[[0.0, 0.0, 250.0, 250.0], [10.0, 10.0, 40.0, 40.0]]])  # FPN eq. 1 -> P6, P2
+    features = {level: tf.random.normal([1, 1024 // 2**level, 1024 // 2**level, 4]) for level in range(2, 7)}
+    huge = tf.constant([[[0.0, 0.0, 1000.0, 1000.0], [10.0, 10.0, 40.0, 40.0]]])  # FPN eq. 1 -> P6, P2
     from mrcnn_tf2.ops import roi_align
 
     expected = roi_align.multilevel_roi_align({lv: features[lv] for lv in range(2, 6)}, huge, 7)
