@@ -105,10 +105,10 @@ def matrix(args: argparse.Namespace) -> None:
 
     precisions = ["", "float16"] if tf.config.list_physical_devices("GPU") else ["", "bfloat16"]
     rows = []
-    for size in (512, 1024):
-        for batch in (1, 2):
+    for size in args.sizes:
+        for batch in args.batches:
             for precision in precisions:
-                for jit in (False, True):
+                for jit in args.jit_options:
                     cmd = [sys.executable, __file__, "--size", str(size), "--batch", str(batch),
                            "--runs", str(args.runs), "--warmup", str(args.warmup), "--config", args.config]
                     cmd += ["--mixed_precision", precision] if precision else []
@@ -140,8 +140,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--matrix", action="store_true", help="run every combination, one process each")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="--matrix: image sizes")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2], help="--matrix: batch sizes")
+    parser.add_argument("--jit_options", type=int, nargs="+", default=[0, 1], help="--matrix: XLA off (0) / on (1)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    args.jit_options = [bool(j) for j in args.jit_options]
     if args.matrix:
         matrix(args)
         return
