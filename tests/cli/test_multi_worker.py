@@ -1,0 +1,161 @@
+"""--strategy=multi_worker end to end: two worker processes on localhost ports train, then resume.
+
+Each worker is ``python main.py --mode=train --strategy=multi_worker ...`` with its own ``TF_CONFIG``
+(worker 0 = the chief). The test checks that both exit 0, that only the chief writes to ``--model_dir``
+(worker 1 gets its own, which must stay empty, and its temporary checkpoint folder is removed), that
+both end with bit-identical weights (each writes them to ``MRCNN_TF2_WEIGHTS_DUMP``, see ``cli.train``;
+batch-norm moving statistics excepted, see ``_worker_weights``), that the chief's last checkpoint holds
+the chief's final weights, and that ``--model=last`` resumes on two workers. A hung
+collective cannot hang CI: each run has a deadline, and a worker that fails stops the other.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import cli
+from cli.common import read_config
+from cli.train import WEIGHTS_DUMP_ENV
+from cli.weights import restore_model
+from mrcnn_tf2 import build_model
+from tests.cli.common import TINY_OVERRIDES, tiny_args
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEADLINE_S = 240
+BN_STATISTICS = ("/moving_mean", "/moving_variance")
+# The shapes preset cut down: 8 training images, a global batch of 2 (1 per worker), few anchors and ROIs.
+SMALL = TINY_OVERRIDES + ["model.rpn.anchors_per_image=64", "model.rpn.pre_nms_topk_train=100",
+                          "model.rpn.post_nms_topk_train=50", "model.roi.rois_per_image=16",
+                          "train.warmup_steps=1", "train.learning_rate=0.01"]
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct localhost ports that were free a moment ago (bound to port 0, then released)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _run_workers(tmp_path, name: str, model_dirs: list[str], *flags: str) -> list[subprocess.Popen]:
+    """Starts one ``main.py`` per worker and waits for all; fails with both logs if one fails or hangs."""
+    ports = _free_ports(len(model_dirs))
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs, logs = [], []
+    for index, model_dir in enumerate(model_dirs):
+        tmp = tmp_path / f"tmp{index}"
+        tmp.mkdir(exist_ok=True)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp),
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                   **{WEIGHTS_DUMP_ENV: str(tmp_path / f"{name}_worker{index}.npz")})
+        log = open(tmp_path / f"{name}_worker{index}.log", "w")  # noqa: SIM115 - closed below
+        logs.append(log)
+        command = [sys.executable, os.path.join(ROOT, "main.py"), "--mode=train", "--strategy=multi_worker",
+                   f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'shapes'}", "--batch_size=2",
+                   *[f"--config_override={o}" for o in SMALL], *flags]
+        procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env))
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = any(p.poll() not in (None, 0) for p in procs)
+            if failed or time.monotonic() > deadline:
+                time.sleep(2 if failed else 0)  # let the failing worker's message reach its log
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for log in logs:
+            log.close()
+    if any(p.returncode != 0 for p in procs):
+        report = "\n".join(f"--- worker {i} (exit {p.returncode}):\n" + (tmp_path / f"{name}_worker{i}.log")
+                           .read_text()[-3000:] for i, p in enumerate(procs))
+        pytest.fail(f"{name}: a worker failed or the run passed {DEADLINE_S} s\n{report}")
+    return procs
+
+
+def _checkpoints(model_dir: str) -> list[int]:
+    return sorted(int(re.search(r"ckpt-(\d+)", p).group(1))
+                  for p in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
+
+
+def _event_file_pids(directory: str) -> set[int]:
+    """The writing process ids (``events.out.tfevents.<time>.<host>.<pid>.<n>.v2``)."""
+    return {int(os.path.basename(p).split(".")[-3])
+            for p in glob.glob(os.path.join(directory, "events.out.tfevents.*"))}
+
+
+def _worker_weights(tmp_path, name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Both workers' final weights; asserts that all but the batch-norm moving statistics are bit-identical.
+
+    Batch-norm moving statistics (the ``bn`` norm of the shapes preset) are not synchronized: Keras
+    creates them with aggregation NONE, so each worker (each replica) averages its own batches, and the
+    chief's values are the ones in the checkpoint. Training does not read them (batch statistics are used).
+    """
+    with np.load(tmp_path / f"{name}_worker0.npz") as f0, np.load(tmp_path / f"{name}_worker1.npz") as f1:
+        w0, w1 = dict(f0), dict(f1)
+    assert sorted(w0) == sorted(w1)
+    synced = [k for k in w0 if not k.endswith(BN_STATISTICS)]
+    assert len(synced) > 150
+    for key in synced:
+        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
+    return w0, w1
+
+
+def _checkpoint_weights(model_dir: str, step: int) -> dict[str, np.ndarray]:
+    model = build_model(read_config(os.path.join(model_dir, "config.json")))
+    restore_model(model, os.path.join(model_dir, "checkpoints", f"ckpt-{step}"))
+    return {w.path: w.numpy() for w in model.weights}
+
+
+def test_two_workers_train_identically_only_the_chief_writes_and_resume(tmp_path):
+    cli.prepare(tiny_args(str(tmp_path), "train"))  # generates the shapes data once, before the workers
+    chief_dir, worker_dir = str(tmp_path / "run"), str(tmp_path / "worker1_run")
+
+    first = _run_workers(tmp_path, "first", [chief_dir, worker_dir], "--model=none", "--steps=3",
+                         "--checkpoint_every=2")
+    assert _checkpoints(chief_dir) == [2, 3]
+    assert os.path.isfile(os.path.join(chief_dir, "config.json"))
+    assert _event_file_pids(os.path.join(chief_dir, "train")) == {first[0].pid}
+    assert not os.path.exists(worker_dir)  # worker 1 wrote nothing to its --model_dir ...
+    assert os.listdir(tmp_path / "tmp1") == []  # ... and removed its temporary checkpoints
+    chief, worker = _worker_weights(tmp_path, "first")
+    # The workers read different images (the dataset is sharded per input pipeline): their unsynchronized
+    # batch-norm statistics differ, so identical trainable weights come from the gradient all-reduce.
+    assert any(not np.array_equal(chief[k], worker[k]) for k in chief if k.endswith(BN_STATISTICS))
+    saved, before = _checkpoint_weights(chief_dir, 3), _checkpoint_weights(chief_dir, 2)
+    assert sorted(saved) == sorted(chief)
+    for key, value in chief.items():  # the checkpoint holds the chief's final weights, statistics included
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)
+    moved = [k for k in saved if not k.endswith(BN_STATISTICS) and not np.array_equal(saved[k], before[k])]
+    assert len(moved) > 100  # step 3 changed the weights: identical workers is not a trivial outcome
+
+    # Resume on two workers from the chief's run directory (shared, as on an NFS mount).
+    second = _run_workers(tmp_path, "second", [chief_dir, chief_dir], "--model=last", "--steps=5",
+                          "--checkpoint_every=2")
+    assert _checkpoints(chief_dir) == [2, 3, 4, 5]
+    assert _event_file_pids(os.path.join(chief_dir, "train")) == {first[0].pid, second[0].pid}
+    assert os.listdir(tmp_path / "tmp1") == []
+    chief, _ = _worker_weights(tmp_path, "second")
+    saved = _checkpoint_weights(chief_dir, 5)
+    for key, value in chief.items():
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)
+    assert "resuming" in (tmp_path / "second_worker1.log").read_text()
