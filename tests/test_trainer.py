@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import tempfile
 from types import SimpleNamespace
 
 import keras
@@ -178,3 +179,28 @@ def test_is_chief():
     assert not trainer.is_chief(strategy("worker", 1, workers))
     assert trainer.is_chief(strategy("chief", 0, {"chief": ["c:1"], **workers}))
     assert not trainer.is_chief(strategy("worker", 0, {"chief": ["c:1"], **workers}))
+
+
+def test_non_chief_writes_nothing_to_model_dir_and_removes_its_temporary_checkpoints(tmp_path, monkeypatch):
+    """A multi-worker non-chief saves (saving is collective) into a temporary folder, removed at the end."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    saved = []
+    real_save = training.CheckpointKeeper.save
+
+    def save(self, step, epoch=None):
+        saved.append((self.directory, step))
+        return real_save(self, step, epoch)
+
+    monkeypatch.setattr(training.CheckpointKeeper, "save", save)
+
+    strategy, model, optimizer, keeper = _setup(tmp_path / "run")
+    logs = trainer.train(model, optimizer, strategy, _dataset_fn(), _options(tmp_path / "run"), keeper, chief=False)
+    assert logs["step"] == 5
+    assert not (tmp_path / "run").exists()  # no checkpoints/, no train/ events
+    assert len(made) == 1 and saved == [(os.path.join(made[0], "checkpoints"), s) for s in (2, 4, 5)]
+    assert os.listdir(scratch) == []  # the temporary folder is gone
