@@ -4,6 +4,8 @@ import glob
 import json
 import math
 import os
+import socket
+import time
 
 import keras
 import numpy as np
@@ -272,3 +274,18 @@ def test_checkpoint_under_mirrored_strategy(tmp_path):
     assert int(other.step.numpy()) == 5 and int(other.epoch.numpy()) == 2
     for a, b in zip(fresh.get_weights(), weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_tpu_strategy_error_without_a_tpu(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # released: nothing listens there
+    tic = time.monotonic()
+    with pytest.raises(training.StrategyError, match=f"nothing answers at grpc://127.0.0.1:{port}"):
+        training.create_strategy("tpu", f"grpc://127.0.0.1:{port}")
+    with pytest.raises(training.StrategyError, match="could not reach a TPU"):
+        training.create_strategy("tpu", "")
+    with pytest.raises(training.StrategyError, match="not a grpc://host:port"):
+        training._check_reachable("grpc://nohost", 1.0)
+    assert time.monotonic() - tic < training.TPU_CONNECT_TIMEOUT_S
