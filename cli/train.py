@@ -82,7 +82,12 @@ class TrainSession:
 
 
 def setup(prep: Prepared) -> TrainSession:
-    """Creates the strategy, writes config.json, builds model and optimizer and loads the weights."""
+    """Creates the strategy, writes config.json, builds model and optimizer and loads the weights.
+
+    Also sets the global Keras dtype policy from ``train.mixed_precision`` (``float32`` when empty) and
+    ``model.jit_compile`` from ``train.jit_compile``; ``run`` restores the policy afterwards, callers of
+    ``setup`` alone restore it themselves.
+    """
     cfg, args, paths = prep.cfg, prep.args, prep.paths
     strategy = training.create_strategy(args.strategy, args.tpu)  # first: multi_worker wants it before any op
     # The config decides (float32 unless train.mixed_precision): layers take their dtype policy when built.

@@ -243,10 +243,13 @@ def create_strategy(name: str, tpu_address: str = "") -> tf.distribute.Strategy:
         name: ``one_device`` (``/gpu:0`` when a GPU is visible, else ``/cpu:0``), ``mirrored`` (all local
             GPUs; without GPUs, all logical CPU devices), ``multi_worker`` (``MultiWorkerMirroredStrategy``
             from ``TF_CONFIG``; create it at program start, before any other TF op) or ``tpu``.
-        tpu_address: TPU name or ``grpc://`` address for ``tpu`` (empty: the resolver's default).
+        tpu_address: for ``tpu``: a Cloud TPU name, ``local`` (a TPU VM) or ``grpc://host:port`` (empty:
+            ``TPU_NAME`` or the resolver's default). A ``grpc://`` address (given or resolved) is probed with
+            a TCP connection first (``TPU_CONNECT_TIMEOUT_S``): TensorFlow would wait minutes on a dead one.
 
     Raises:
-        StrategyError: unknown name, missing or invalid ``TF_CONFIG``, or no TPU found.
+        StrategyError: unknown name, missing or invalid ``TF_CONFIG``, or no TPU reachable (the message
+            carries the first 200 characters of the underlying error).
     """
     if name == "one_device":
         device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
