@@ -23,9 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from cli.common import DEFAULT_CONFIG, MODES, CliError, RunArgs  # noqa: E402
-from mrcnn_tf2.config import TRAIN_LAYERS, ConfigError  # noqa: E402
-
-STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+from mrcnn_tf2.config import STRATEGIES, TRAIN_LAYERS, ConfigError  # noqa: E402
 
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_enum("strategy", "one_device", STRATEGIES,

@@ -21,11 +21,11 @@ import tensorflow as tf
 
 from mrcnn_tf2 import losses as losses_lib
 from mrcnn_tf2 import targets
+from mrcnn_tf2.config.choices import LOSS_KEYS
 from mrcnn_tf2.ops import anchors as anchors_lib
 from mrcnn_tf2.ops import roi_align
 
 ROI_MAX_LEVEL = 5  # the coarsest FPN level that ROIAlign pools from
-LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
 _SUBLAYERS = ("backbone", "fpn", "rpn_head", "proposals_train", "proposals_test", "roi_sampler",
               "box_head", "mask_head", "detection_generator")
 

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrcnn_tf2.config import TrainConfig
+from mrcnn_tf2.config import STRATEGIES, TrainConfig
 
 __all__ = [
     "WarmupDecaySchedule",
@@ -43,7 +43,6 @@ __all__ = [
     "TensorBoardLogger",
 ]
 
-STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
 
 # Matched with ``re.search`` against each variable's ``name`` by Keras' ``exclude_from_weight_decay``.
 # Keras 3 variable names are the last path component (``gamma``, ``beta``, ``bias``, ``kernel``); a raw

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from mrcnn_tf2.config.choices import PIXEL_NORMALIZATIONS
+
 __all__ = ["CAFFE_MEAN_BGR", "PIXEL_NORMALIZATIONS", "normalize_image", "denormalize_image", "scaled_size",
            "resize_and_pad", "build_image_info", "preprocess_image"]
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-PIXEL_NORMALIZATIONS = ("caffe", "none")
 
 
 def _check_normalization(pixel_normalization: str) -> None:

@@ -30,6 +30,7 @@ import h5py
 import keras
 import numpy as np
 
+from mrcnn_tf2.config.choices import BACKBONES, NORMS, TRAIN_LAYERS
 from mrcnn_tf2.layers.norm import FoldingConv2D, FrozenBatchNormalization, norm_layer
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "load_backbone_weights",
 ]
 
-BACKBONES = ("resnet50", "resnet101", "mobilenetv3")
-TRAIN_LAYERS = ("heads", "3+", "4+", "5+", "all")
 FEATURE_STRIDES = (4, 8, 16, 32)
 BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
     "resnet50": (256, 512, 1024, 2048),
@@ -107,8 +106,8 @@ def build_backbone(
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; choose one of {BACKBONES}")
-    if norm not in ("frozen_bn", "bn", "gn"):
-        raise ValueError(f"unknown norm '{norm}'; choose one of ('frozen_bn', 'bn', 'gn')")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm '{norm}'; choose one of {NORMS}")
     if train_layers not in TRAIN_LAYERS:
         raise ValueError(f"unknown train_layers '{train_layers}'; choose one of {TRAIN_LAYERS}")
     if image_size is not None and (image_size <= 0 or image_size % 32):

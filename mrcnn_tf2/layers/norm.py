@@ -18,9 +18,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from mrcnn_tf2.config.choices import NORMS
+
 __all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "norm_layer", "is_norm_layer"]
 
-NORMS = ("frozen_bn", "bn", "gn")
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_tf2")

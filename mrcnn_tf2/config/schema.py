@@ -1,0 +1,175 @@
+"""The configuration schema: frozen dataclasses, one per part of the model and the run.
+
+Dotted config keys mirror these fields: ``model.image_size``, ``model.rpn.nms_iou_threshold``,
+``train.learning_rate``, ``data.augment.hflip_prob`` ... Defaults are the COCO R50-FPN recipe;
+presets (``presets.py``) change what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """Region proposal network: anchor matching, sampling and proposal generation."""
+
+    fg_iou_threshold: float = 0.7
+    bg_iou_threshold: float = 0.3
+    anchors_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_topk_train: int = 2000  # per level
+    post_nms_topk_train: int = 2000  # per image
+    pre_nms_topk_test: int = 1000
+    post_nms_topk_test: int = 1000
+    nms_iou_threshold: float = 0.7
+    min_box_size: float = 0.0  # pixels; smaller proposals get score -inf
+    head_convs: int = 1
+
+
+@dataclass(frozen=True)
+class ROIConfig:
+    """Second stage: ROI sampling, ROIAlign and the box and mask heads."""
+
+    rois_per_image: int = 512
+    positive_fraction: float = 0.25
+    fg_iou_threshold: float = 0.5
+    bg_iou_threshold: float = 0.5
+    box_pool_size: int = 7
+    mask_pool_size: int = 14
+    box_head_dim: int = 1024
+    mask_head_convs: int = 4
+    mask_head_channels: int = 256
+    mask_size: int = 28
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    canonical_size: float = 224.0
+    canonical_level: int = 4
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Inference post-processing."""
+
+    max_detections: int = 100
+    score_threshold: float = 0.05
+    nms_iou_threshold: float = 0.5
+    pre_nms_topk: int = 1000  # candidates (class, box) per image before NMS
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. ``num_classes`` counts the background: K dataset categories -> K + 1."""
+
+    backbone: str = "resnet50"
+    norm: str = "frozen_bn"
+    train_layers: str = "all"
+    image_size: int = 1024
+    num_classes: int = 91
+    min_level: int = 2
+    max_level: int = 6
+    fpn_channels: int = 256
+    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    pixel_normalization: str = "caffe"
+    gn_groups: int = 32
+    # Moving-average momentum of trainable batch norm; from-scratch training wants fast statistics.
+    bn_momentum: float = 0.99
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi: ROIConfig = field(default_factory=ROIConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-graph augmentation; each transform has its own probability or range (0 = off)."""
+
+    enabled: bool = True
+    hflip_prob: float = 0.5
+    vflip_prob: float = 0.0
+    scale_min: float = 0.8
+    scale_max: float = 1.25
+    crop_prob: float = 0.5
+    rotation_prob: float = 0.0
+    rotation_max_degrees: float = 15.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.02
+    blur_prob: float = 0.0
+    noise_prob: float = 0.0
+    noise_stddev: float = 5.0
+    # The random crop keeps one randomly chosen instance whole; each side keeps >= this fraction.
+    crop_min_fraction: float = 0.5
+    blur_max_sigma: float = 1.5  # pixels; the Gaussian blur's sigma is drawn from [0.1, blur_max_sigma]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input data. Empty paths mean the built-in shapes dataset under ``data_dir``."""
+
+    data_dir: str = "data/shapes"
+    train_annotations: str = ""
+    train_images: str = ""
+    val_annotations: str = ""
+    val_images: str = ""
+    max_instances: int = 100
+    gt_mask_size: int = 56
+    skip_empty: bool = False
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    # Sharded TFRecords from `python -m pipelines.tfrecord` (a glob or a folder); replaces the train JSON.
+    train_tfrecords: str = ""
+    # JSON path: decoded images and masks are cached in memory when they fit in this many MiB.
+    cache_max_mb: int = 1024
+    num_parallel_calls: int = -1  # tf.data map parallelism; -1 = AUTOTUNE
+    shapes_num_train: int = 500  # size of the built-in shapes dataset, generated on first use
+    shapes_num_val: int = 50
+    # The mapping contiguous label (1..K) -> dataset category id; filled from the dataset.
+    category_ids: tuple[int, ...] = ()
+    category_names: tuple[str, ...] = ()
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``learning_rate`` is for ``reference_batch_size`` and scales linearly."""
+
+    batch_size: int = 16
+    steps: int = 90000
+    learning_rate: float = 0.02
+    reference_batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 1000
+    warmup_factor: float = 0.001
+    schedule: str = "step"
+    decay_fractions: tuple[float, ...] = (0.667, 0.889)
+    decay_rate: float = 0.1
+    clip_norm: float = 10.0
+    loss_weights: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 5
+    log_every: int = 20
+    eval_every: int = 0  # steps; 0 = only at the end
+    mixed_precision: str = ""
+    jit_compile: bool = False
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 2
+    num_visualizations: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "coco_r50_fpn"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+

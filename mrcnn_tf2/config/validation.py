@@ -1,0 +1,104 @@
+"""``validate(cfg)``: every cross-field rule, with messages that name the key and a valid choice."""
+
+from __future__ import annotations
+
+import math
+
+from mrcnn_tf2.config.choices import (
+    BACKBONES,
+    LR_SCHEDULES,
+    MIXED_PRECISION,
+    NORMS,
+    PIXEL_NORMALIZATIONS,
+    TRAIN_LAYERS,
+)
+from mrcnn_tf2.config.schema import Config, ConfigError
+
+
+def _nearest_multiples(value: int, multiple: int) -> tuple[int, int]:
+    lower = max(multiple, (value // multiple) * multiple)
+    upper = int(math.ceil(value / multiple)) * multiple
+    if upper == lower:
+        upper = lower + multiple
+    return lower, upper
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> Config:
+    """Checks the config; raises ConfigError naming the key and a valid choice. Returns ``cfg``."""
+    m = cfg.model
+    _check(m.backbone in BACKBONES, f"model.backbone='{m.backbone}' is not one of {BACKBONES}")
+    _check(m.norm in NORMS, f"model.norm='{m.norm}' is not one of {NORMS}")
+    _check(m.train_layers in TRAIN_LAYERS,
+           f"model.train_layers='{m.train_layers}' is not one of {TRAIN_LAYERS}")
+    _check(m.pixel_normalization in PIXEL_NORMALIZATIONS,
+           f"model.pixel_normalization='{m.pixel_normalization}' is not one of {PIXEL_NORMALIZATIONS}")
+    _check(m.num_classes >= 2, f"model.num_classes={m.num_classes} must be >= 2 (background + 1 class)")
+    _check(2 <= m.min_level <= m.max_level <= 7,
+           f"model.min_level={m.min_level}, model.max_level={m.max_level}: need 2 <= min <= max <= 7")
+    num_levels = m.max_level - m.min_level + 1
+    _check(len(m.anchor_sizes) == num_levels,
+           f"model.anchor_sizes has {len(m.anchor_sizes)} entries but levels "
+           f"{m.min_level}..{m.max_level} need {num_levels}")
+    _check(len(m.aspect_ratios) >= 1 and all(r > 0 for r in m.aspect_ratios),
+           "model.aspect_ratios must be positive numbers")
+    multiple = 2 ** m.max_level
+    if m.image_size <= 0 or m.image_size % multiple:
+        lower, upper = _nearest_multiples(max(m.image_size, 1), multiple)
+        raise ConfigError(
+            f"model.image_size={m.image_size} must be a multiple of 2^max_level = {multiple} "
+            f"(the image is halved {m.max_level} times for FPN level P{m.max_level}); "
+            f"the nearest valid sizes are {lower} and {upper}")
+    if m.norm == "gn":
+        _check(m.fpn_channels % m.gn_groups == 0,
+               f"model.fpn_channels={m.fpn_channels} must be divisible by model.gn_groups={m.gn_groups}")
+    _check(0 <= m.bn_momentum < 1, f"model.bn_momentum={m.bn_momentum} must be in [0, 1)")
+    if m.backbone == "mobilenetv3":
+        _check(m.min_level >= 2 and m.train_layers in ("heads", "all"),
+               "model.train_layers for mobilenetv3 must be 'heads' or 'all'")
+    r, roi, det = m.rpn, m.roi, m.detection
+    _check(0 <= r.bg_iou_threshold <= r.fg_iou_threshold <= 1,
+           "model.rpn: need 0 <= bg_iou_threshold <= fg_iou_threshold <= 1")
+    _check(0 <= roi.bg_iou_threshold <= roi.fg_iou_threshold <= 1,
+           "model.roi: need 0 <= bg_iou_threshold <= fg_iou_threshold <= 1")
+    for key, value in (("model.rpn.anchors_per_image", r.anchors_per_image),
+                       ("model.rpn.pre_nms_topk_train", r.pre_nms_topk_train),
+                       ("model.rpn.post_nms_topk_train", r.post_nms_topk_train),
+                       ("model.rpn.pre_nms_topk_test", r.pre_nms_topk_test),
+                       ("model.rpn.post_nms_topk_test", r.post_nms_topk_test),
+                       ("model.roi.rois_per_image", roi.rois_per_image),
+                       ("model.detection.max_detections", det.max_detections),
+                       ("data.max_instances", cfg.data.max_instances),
+                       ("train.batch_size", cfg.train.batch_size),
+                       ("eval.batch_size", cfg.eval.batch_size)):
+        _check(value >= 1, f"{key}={value} must be >= 1")
+    _check(0 < r.positive_fraction <= 1 and 0 < roi.positive_fraction <= 1,
+           "positive_fraction must be in (0, 1]")
+    _check(roi.mask_size == 2 * roi.mask_pool_size,
+           f"model.roi.mask_size={roi.mask_size} must be 2 * model.roi.mask_pool_size "
+           f"({2 * roi.mask_pool_size}): the mask head upsamples once")
+    t = cfg.train
+    _check(t.steps >= 0, f"train.steps={t.steps} must be >= 0")
+    _check(t.learning_rate > 0, f"train.learning_rate={t.learning_rate} must be > 0")
+    _check(t.schedule in LR_SCHEDULES, f"train.schedule='{t.schedule}' is not one of {LR_SCHEDULES}")
+    _check(t.mixed_precision in MIXED_PRECISION,
+           f"train.mixed_precision='{t.mixed_precision}' is not one of float16, bfloat16 or empty")
+    _check(all(0 < f < 1 for f in t.decay_fractions), "train.decay_fractions must lie in (0, 1)")
+    d = cfg.data
+    _check(d.gt_mask_size >= 4, f"data.gt_mask_size={d.gt_mask_size} must be >= 4")
+    _check(len(d.category_ids) == len(d.category_names),
+           "data.category_ids and data.category_names must have the same length")
+    if d.category_ids:
+        _check(len(d.category_ids) + 1 == m.num_classes,
+               f"model.num_classes={m.num_classes} but the dataset has {len(d.category_ids)} "
+               f"categories: set model.num_classes={len(d.category_ids) + 1}")
+    a = d.augment
+    _check(0 < a.scale_min <= a.scale_max, "data.augment: need 0 < scale_min <= scale_max")
+    for name in ("hflip_prob", "vflip_prob", "crop_prob", "rotation_prob", "blur_prob", "noise_prob"):
+        value = getattr(a, name)
+        _check(0 <= value <= 1, f"data.augment.{name}={value} must be a probability in [0, 1]")
+    return cfg
