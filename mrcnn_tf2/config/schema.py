@@ -166,10 +166,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """SavedModel / serving settings, fixed at export time."""
+
+    # Images whose header says width * height exceeds this are refused before decoding (serving and
+    # training data alike): a small compressed file can decode to gigabytes.
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "coco_r50_fpn"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 

@@ -101,4 +101,6 @@ def validate(cfg: Config) -> Config:
     for name in ("hflip_prob", "vflip_prob", "crop_prob", "rotation_prob", "blur_prob", "noise_prob"):
         value = getattr(a, name)
         _check(0 <= value <= 1, f"data.augment.{name}={value} must be a probability in [0, 1]")
+    _check(cfg.export.max_image_pixels >= 1,
+           f"export.max_image_pixels={cfg.export.max_image_pixels} must be >= 1")
     return cfg
