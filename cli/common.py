@@ -284,6 +284,18 @@ def _check_dataset_files(cfg: config_lib.Config, mode: str) -> None:
             raise CliError(f"the {split} image folder '{images}' does not exist (--{split}_images).")
 
 
+def _check_dataset_has_config(cfg: config_lib.Config) -> None:
+    """Refuses to train a user's dataset with the default preset (the 128 px synthetic-shapes model)."""
+    d = cfg.data
+    given = [f"--{name}" for name in ("train_annotations", "train_images", "val_annotations", "val_images")
+             if getattr(d, name)] + (["data.train_tfrecords"] if d.train_tfrecords else [])
+    if given:
+        raise CliError(f"{', '.join(given)} given without --config: the default preset '{DEFAULT_CONFIG}' is a "
+                       "128 px model for the built-in synthetic shapes, not for real images. Pass --config=PRESET "
+                       f"(one of {', '.join(config_lib.PRESETS)}; e.g. --config=coco_r50_fpn --model=imagenet) "
+                       "or --config=FILE.yaml|.json, or --model=last to resume a run with its config.json.")
+
+
 def prepare(args: RunArgs) -> Prepared:
     """Resolves and validates the config, the dataset's categories and the weights source (no TensorFlow).
 
@@ -308,11 +320,14 @@ def prepare(args: RunArgs) -> Prepared:
             beside = run_config_path(args.model)
             if beside:
                 base, source = read_config(beside), beside
+    defaulted = base is None and args.config is None
     if base is None:
         name = args.config or DEFAULT_CONFIG
         base, source = config_lib.resolve(name), name
     cfg = config_lib.apply_overrides(base, args.config_override)
     cfg = config_lib.validate(config_lib.apply_overrides(cfg, _flag_overrides(args)))
+    if defaulted and args.mode == "train":
+        _check_dataset_has_config(cfg)
     _check_tpu_precision(args, cfg)
     weights = _resolve_weights(args, cfg, paths)
     _check_dataset_files(cfg, args.mode)
