@@ -7,7 +7,8 @@ second with one clear message. It owns:
 - ``RunArgs``: the command line as plain values (main.py fills it from absl flags; tests build it);
 - ``prepare(args) -> Prepared``: the config (preset or file, ``--config_override``, flags, the category
   mapping of the dataset) and the resolved ``--model`` source;
-- the run-directory layout (``RunPaths``) and ``config.json`` reading/writing.
+- the run-directory layout (``RunPaths``); ``config.json`` reading/writing and checkpoint lookup come from
+  ``mrcnn_tf2.run_dir`` (re-exported here).
 
 Config resolution: ``eval``/``predict``/``export`` start from ``<model_dir>/config.json`` when it exists
 (else from the ``config.json`` of the run that ``--model=PATH`` points into), so the class mapping and
@@ -18,12 +19,11 @@ Otherwise ``--config`` (default ``shapes``). ``--config_override`` and the flags
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 from dataclasses import dataclass, field
 
 from mrcnn_tf2 import config as config_lib
+from mrcnn_tf2.run_dir import find_checkpoint, read_config, run_config_path, write_config
 
 __all__ = ["CliError", "MODES", "MIXED_PRECISION_FLAG", "RunArgs", "RunPaths", "WeightsSource", "Prepared",
            "prepare", "read_config", "write_config", "find_checkpoint", "run_config_path", "DEFAULT_CONFIG"]
@@ -121,58 +121,6 @@ class Prepared:
     weights: WeightsSource
     config_source: str
     previous_cfg: config_lib.Config | None = None  # <model_dir>/config.json before this run
-
-
-def read_config(path: str) -> config_lib.Config:
-    """Reads a ``config.json`` written by :func:`write_config`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CliError(f"could not read the run config '{path}': {e}") from None
-    return config_lib.from_dict(data)
-
-
-def write_config(cfg: config_lib.Config, path: str) -> str:
-    """Writes the resolved config (with the category mapping) as JSON, atomically; returns ``path``."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config_lib.to_dict(cfg), f, indent=2)
-    os.replace(tmp, path)
-    return path
-
-
-def find_checkpoint(path: str) -> str | None:
-    """The newest checkpoint prefix in a checkpoint directory or a run directory, or a prefix as is.
-
-    Reads the ``checkpoint`` state file of ``tf.train.CheckpointManager`` without TensorFlow. Returns
-    None when nothing usable (a prefix whose ``.index`` file exists) is found.
-    """
-    if os.path.isfile(path + ".index"):
-        return path
-    for directory in (path, os.path.join(path, "checkpoints")):
-        state = os.path.join(directory, "checkpoint")
-        if not os.path.isfile(state):
-            continue
-        with open(state, encoding="utf-8") as f:
-            match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', f.read(), re.MULTILINE)
-        if match:
-            prefix = match.group(1)
-            prefix = prefix if os.path.isabs(prefix) else os.path.join(directory, prefix)
-            if os.path.isfile(prefix + ".index"):
-                return prefix
-    return None
-
-
-def run_config_path(weights_path: str) -> str:
-    """The ``config.json`` of the run a checkpoint prefix or weights file belongs to ('' if none)."""
-    here = os.path.dirname(os.path.abspath(weights_path))
-    for directory in (here, os.path.dirname(here)):
-        candidate = os.path.join(directory, "config.json")
-        if os.path.isfile(candidate):
-            return candidate
-    return ""
 
 
 def _resolve_weights(args: RunArgs, cfg: config_lib.Config, paths: RunPaths) -> WeightsSource:
@@ -284,6 +232,18 @@ def _check_dataset_files(cfg: config_lib.Config, mode: str) -> None:
             raise CliError(f"the {split} image folder '{images}' does not exist (--{split}_images).")
 
 
+def _check_dataset_has_config(cfg: config_lib.Config) -> None:
+    """Refuses to train a user's dataset with the default preset (the 128 px synthetic-shapes model)."""
+    d = cfg.data
+    given = [f"--{name}" for name in ("train_annotations", "train_images", "val_annotations", "val_images")
+             if getattr(d, name)] + (["data.train_tfrecords"] if d.train_tfrecords else [])
+    if given:
+        raise CliError(f"{', '.join(given)} given without --config: the default preset '{DEFAULT_CONFIG}' is a "
+                       "128 px model for the built-in synthetic shapes, not for real images. Pass --config=PRESET "
+                       f"(one of {', '.join(config_lib.PRESETS)}; e.g. --config=coco_r50_fpn --model=imagenet) "
+                       "or --config=FILE.yaml|.json, or --model=last to resume a run with its config.json.")
+
+
 def prepare(args: RunArgs) -> Prepared:
     """Resolves and validates the config, the dataset's categories and the weights source (no TensorFlow).
 
@@ -308,11 +268,14 @@ def prepare(args: RunArgs) -> Prepared:
             beside = run_config_path(args.model)
             if beside:
                 base, source = read_config(beside), beside
+    defaulted = base is None and args.config is None
     if base is None:
         name = args.config or DEFAULT_CONFIG
         base, source = config_lib.resolve(name), name
     cfg = config_lib.apply_overrides(base, args.config_override)
     cfg = config_lib.validate(config_lib.apply_overrides(cfg, _flag_overrides(args)))
+    if defaulted and args.mode == "train":
+        _check_dataset_has_config(cfg)
     _check_tpu_precision(args, cfg)
     weights = _resolve_weights(args, cfg, paths)
     _check_dataset_files(cfg, args.mode)

@@ -26,6 +26,7 @@ from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import training
 from mrcnn_tf2.builder import build_model
 from mrcnn_tf2.layers.backbone import load_backbone_weights
+from mrcnn_tf2.run_dir import restore_model
 
 __all__ = ["copy_matching_weights", "restore_model", "load_weights", "restore_training_state"]
 
@@ -45,17 +46,6 @@ def copy_matching_weights(target: keras.Model, source: keras.Model) -> list[str]
             continue
         weight.assign(found)
     return skipped
-
-
-def restore_model(model: keras.Model, prefix: str) -> None:
-    """Restores the model part of a training checkpoint (optimizer values in it are ignored).
-
-    Raises:
-        AssertionError, ValueError: a model variable is missing from the checkpoint or has another shape.
-    """
-    status = tf.train.Checkpoint(model=model).restore(prefix)
-    status.assert_existing_objects_matched()
-    status.expect_partial()
 
 
 def _same_architecture(a: config_lib.Config, b: config_lib.Config) -> bool:

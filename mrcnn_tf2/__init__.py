@@ -1,12 +1,12 @@
 """mrcnn-tf2: Mask R-CNN for TensorFlow 2 / Keras 3.
 
-``from mrcnn_tf2 import config, build_model``. ``config`` imports no TensorFlow; ``build_model``
-is imported lazily so that reading a config stays cheap.
+``from mrcnn_tf2 import config, build_model, Detector``. ``config`` imports no TensorFlow; ``build_model``
+and ``Detector`` are imported lazily so that reading a config stays cheap.
 """
 
 from mrcnn_tf2 import config
 
-__all__ = ["config", "build_model"]
+__all__ = ["config", "build_model", "Detector", "Detection"]
 __version__ = "0.1.0"
 
 
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from mrcnn_tf2.builder import build_model
 
         return build_model
+    if name in ("Detector", "Detection"):
+        from mrcnn_tf2 import detector
+
+        return getattr(detector, name)
     raise AttributeError(f"module 'mrcnn_tf2' has no attribute '{name}'")
