@@ -186,6 +186,11 @@ def _check_rle(segm: dict, height: int, width: int) -> dict:
         rle = mask_utils.frPyObjects({"size": size, "counts": [int(c) for c in counts]}, height, width)
     elif isinstance(counts, (str, bytes)):
         rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+        runs = _rle_string_counts(rle["counts"])
+        # pycocotools decodes without bounds checks: a string whose runs do not add up must never reach it.
+        if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
+            raise SkipAnnotation("invalid_segmentation", "RLE 'counts' is not a compressed RLE of "
+                                                         f"height * width = {height * width} pixels")
     else:
         raise SkipAnnotation("invalid_segmentation", f"RLE 'counts' must be a string or a list, got "
                                                      f"{type(counts).__name__}")
@@ -197,6 +202,31 @@ def _check_rle(segm: dict, height: int, width: int) -> dict:
     if area == 0:
         raise SkipAnnotation("zero_area")
     return {"size": size, "counts": rle["counts"].decode()}
+
+
+def _rle_string_counts(data: bytes) -> list[int] | None:
+    """The run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString``), None if malformed."""
+    runs: list[int] = []
+    p, n = 0, len(data)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n:
+                return None
+            c = data[p] - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
 
 
 def check_segmentation(segm: Any, height: int, width: int, problems: Problems, where: str) -> Any:

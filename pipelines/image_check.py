@@ -75,6 +75,8 @@ def inspect_file(path: str, max_pixels: int) -> FileFacts:
     try:
         with open(path, "rb") as f:
             data = f.read()
+    except FileNotFoundError:
+        return FileFacts(0, 0, 0, "not found")
     except OSError as e:
         return FileFacts(0, 0, 0, f"cannot be read ({e.strerror})")
     if not data:
@@ -193,9 +195,14 @@ def check_images(dataset: CocoDataset, bad_images: str = "error", max_pixels: in
         todo.append(i)
     if todo:
         count = workers or min(32, 4 * (os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(count) as pool:
-            for i, result in zip(todo, pool.map(lambda k: inspect_file(records[k].path, max_pixels), todo)):
-                facts[i] = result
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the bad files are reported below
+        try:
+            with concurrent.futures.ThreadPoolExecutor(count) as pool:
+                for i, result in zip(todo, pool.map(lambda k: inspect_file(records[k].path, max_pixels), todo)):
+                    facts[i] = result
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if cache_file:
             _write_cache(cache_file, {keys[i]: [*stats[i], *dataclasses.astuple(facts[i])] for i in todo})
         logging.info("%s: checked %d image files (%d from the cache)", dataset.annotation_file, len(todo),
