@@ -51,6 +51,7 @@ __all__ = [
     "CocoDataset",
     "DatasetPaths",
     "load_coco",
+    "log_problems",
     "instance_masks",
     "ground_truth",
     "dataset_paths",
@@ -107,6 +108,7 @@ class CocoDataset:
         images: the image records in file order.
         skipped: counts of skipped or fixed problems (keys: ``pipelines.coco_fields.SKIP_KEYS``).
         num_annotations: entries of the JSON's ``annotations`` list.
+        problems: one line per kind of skipped or fixed problem, with examples (what is logged).
     """
 
     annotation_file: str
@@ -116,6 +118,7 @@ class CocoDataset:
     images: tuple[ImageRecord, ...]
     skipped: Mapping[str, int] = field(default_factory=dict)
     num_annotations: int = 0
+    problems: tuple[str, ...] = ()
 
     @property
     def num_categories(self) -> int:
@@ -129,7 +132,7 @@ class CocoDataset:
 
 
 def load_coco(annotation_file: str, image_dir: str, *, category_ids: Sequence[int] | None = None,
-              check_files: bool = True, skip_empty: bool = False) -> CocoDataset:
+              check_files: bool = True, skip_empty: bool = False, log: bool = True) -> CocoDataset:
     """Reads and validates a COCO instances JSON (the rules: module docstring and ``coco_fields``).
 
     Args:
@@ -139,6 +142,7 @@ def load_coco(annotation_file: str, image_dir: str, *, category_ids: Sequence[in
             set's when loading the validation set; by default the JSON's categories in ascending id order.
         check_files: check that every image file exists (``pipelines.image_check`` checks their content).
         skip_empty: drop images without non-crowd instances (kept as negatives by default).
+        log: log what was skipped or fixed now (else the caller logs ``CocoDataset.problems``).
 
     Returns:
         A :class:`CocoDataset`; ``skipped`` counts what was skipped or fixed (keys: ``coco_fields.SKIP_KEYS``).
@@ -176,10 +180,17 @@ def load_coco(annotation_file: str, image_dir: str, *, category_ids: Sequence[in
         where, iid, name = missing[0]
         raise chk.fail(f"{where} (id {iid})", f"field 'file_name' = '{name}': image file not found under "
                                               f"'{image_dir}' ({len(missing)} of {len(images)} images missing)")
-    for line in problems.lines():
-        logging.warning("%s: %s", annotation_file, line)
-    return CocoDataset(annotation_file, image_dir, ids, names, tuple(records), dict(problems.counts),
-                       len(data["annotations"]))
+    dataset = CocoDataset(annotation_file, image_dir, ids, names, tuple(records), dict(problems.counts),
+                          len(data["annotations"]), tuple(problems.lines()))
+    if log:
+        log_problems(dataset)
+    return dataset
+
+
+def log_problems(dataset: CocoDataset) -> None:
+    """Logs one warning per kind of skipped or fixed problem, with examples."""
+    for line in dataset.problems:
+        logging.warning("%s: %s", dataset.annotation_file, line)
 
 
 def _read_categories(entries: list, chk: Checker) -> dict[int, str]:

@@ -15,7 +15,7 @@ import collections
 import os
 from typing import Any
 
-from pipelines.coco import CocoDataset, DatasetError, load_coco
+from pipelines.coco import CocoDataset, DatasetError, load_coco, log_problems
 from pipelines.coco_fields import SKIP_KEYS
 from pipelines.dataset_info import dataset_paths
 from pipelines.image_check import check_images
@@ -35,9 +35,9 @@ def _refuse_if_no_instances(dataset: CocoDataset) -> None:
     detail = (f"all {dataset.num_annotations} annotations were skipped ({skipped or 'none usable'}"
               f"{f'; {crowd} crowd regions' if crowd else ''})" if dataset.num_annotations
               else "it has no annotations")
+    examples = " ".join(f"[{line}]" for line in dataset.problems)
     raise DatasetError(f"{dataset.annotation_file}: no usable instance in {len(dataset.images)} images: {detail}. "
-                       "Training on it would only learn background; fix the annotations (the log lists each "
-                       "skipped kind with examples).")
+                       f"Training on it would only learn background; fix the annotations. {examples}".strip())
 
 
 def load_checked(cfg: Any, mode: str) -> CocoDataset:
@@ -69,9 +69,10 @@ def load_checked(cfg: Any, mode: str) -> CocoDataset:
         _MEMO.move_to_end(key)
         return _MEMO[key]
     dataset = load_coco(paths.annotations, paths.images, category_ids=d.category_ids or None, check_files=False,
-                        skip_empty=skip_empty)
+                        skip_empty=skip_empty, log=False)
     dataset = check_images(dataset, d.bad_images, int(cfg.export.max_image_pixels))
     _refuse_if_no_instances(dataset)
+    log_problems(dataset)  # only once accepted: a refusal is one message
     if stamp is not None:
         _MEMO[key] = dataset
         while len(_MEMO) > _MEMO_SIZE:
