@@ -14,9 +14,12 @@ The batch contract (DESIGN.md sections 3-5), per replica, B = per-replica batch 
 Flow: source of encoded examples (``pipelines/example.py``) -> [train: shuffle, repeat] -> decode ->
 [train: augment] -> ground truth from masks -> batch -> prefetch. Two sources:
 
-- COCO JSON (small datasets; the default shapes demo): masks are rendered on the host by a
-  ``from_generator`` source, sharded by image; in train mode the decoded images and masks are cached in
-  memory when they fit in ``data.cache_max_mb``, so after the first epoch only augmentation runs.
+- COCO JSON (small datasets; the default shapes demo), read by ``pipelines.dataset_check.load_checked``:
+  masks are rendered on the host by ``from_generator`` sources, sharded by image; in train mode the
+  decoded images and masks are cached in memory when they fit in ``data.cache_max_mb``, so after the
+  first epoch only augmentation runs. Without the cache, image *indices* are shuffled, repeated and
+  skipped, and only then rendered (one generator per example, order kept), so a resume at a late step
+  renders only what it uses; the permutation is the same as shuffling the examples themselves.
 - TFRecords (``data.train_tfrecords``): files sharded by ``input_context``, parallel interleave.
 
 Train mode: seeded shuffle, repeat, augmentation (``data.augment``; deterministic: each example's seed
