@@ -230,6 +230,10 @@ def _read_images(entries: list, image_dir: str, chk: Checker, problems: Problems
         name = chk.get(img, where, "file_name", "str")
         if not name.strip():
             raise chk.fail(where, "field 'file_name' is empty")
+        if "\\" in name and not os.path.exists(os.path.join(image_dir, name)):
+            if os.path.exists(os.path.join(image_dir, name.replace("\\", "/"))):  # a Windows export
+                name = name.replace("\\", "/")
+                problems.add("backslash_paths", where)
         height = chk.get(img, where, "height", "posint", required=False)
         width = chk.get(img, where, "width", "posint", required=False)
         if height is None or width is None:

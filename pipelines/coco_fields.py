@@ -42,6 +42,7 @@ SKIP_KEYS = {
     "no_geometry": "annotations skipped: neither 'segmentation' nor 'bbox'",
     "duplicate_annotations": "annotations skipped: same id and same content as an earlier one",
     "duplicate_annotation_ids": "annotations kept whose id an earlier, different annotation already has",
+    "backslash_paths": "file names with Windows separators ('a\\b.jpg') read as 'a/b.jpg'",
     "image_size_from_file": "images without 'width'/'height': read from the file header",
     "bad_images": "images skipped by data.bad_images=skip (unreadable, wrong size or too large)",
 }

@@ -209,3 +209,14 @@ def test_rle_string_runs_equal_the_mask_runs():
         encoded = mask_utils.encode(np.asfortranarray(mask))["counts"]
         assert _rle_string_counts(encoded) == runs
     assert _rle_string_counts(b"\x7f") is None and _rle_string_counts(b"o") is None  # bad char; cut short
+
+
+def test_windows_separators_in_file_names(tmp_path):
+    _, image_dir = write_coco(str(tmp_path), [{"id": 1, "file_name": "sub/a.png", "height": H, "width": W}], [],
+                              [{"id": 2, "name": "two"}])
+    ann = os.path.join(str(tmp_path), "win.json")
+    with open(ann, "w") as f:
+        json.dump({"images": [{"id": 1, "file_name": "sub\\a.png", "height": H, "width": W}], "annotations": [GOOD],
+                   "categories": [{"id": 2, "name": "two"}]}, f)
+    ds = coco.load_coco(ann, image_dir)
+    assert ds.images[0].file_name == "sub/a.png" and ds.skipped == {"backslash_paths": 1}
