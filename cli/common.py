@@ -281,4 +281,8 @@ def prepare(args: RunArgs) -> Prepared:
     _check_dataset_files(cfg, args.mode)
     if args.mode in ("train", "eval") or not cfg.data.category_ids:
         cfg = config_lib.validate(_with_categories(cfg, args.mode))
+    if args.mode in ("train", "eval"):
+        from pipelines.dataset_check import check_datasets  # no TensorFlow: bad data exits before it starts
+
+        check_datasets(cfg, args.mode)
     return Prepared(args, cfg, paths, weights, source, previous)

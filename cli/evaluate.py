@@ -28,7 +28,8 @@ from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, training, visualize
 from mrcnn_tf2.builder import build_model
 from mrcnn_tf2.ops.mask_ops import paste_masks_numpy
-from pipelines.coco import dataset_paths
+from pipelines.coco import dataset_paths, ground_truth
+from pipelines.dataset_check import load_checked
 from pipelines.input_pipeline import build_dataset
 from pipelines.preprocess import denormalize_image
 
@@ -106,9 +107,9 @@ def evaluate_model(model: keras.Model, cfg: config_lib.Config, num_visualization
     Returns:
         An ``EvalRun``; ``metrics`` follows the metrics.json schema with ``checkpoint`` empty.
     """
-    annotations = dataset_paths(cfg, "eval").annotations
-    evaluator = evaluation.CocoEvaluator(annotations, cfg.data.category_ids, cfg.data.category_names)
-    num_batches = math.ceil(len(evaluator.coco_gt.getImgIds()) / cfg.eval.batch_size)
+    dataset = load_checked(cfg, "eval")  # the records build_dataset reads: same images, same instances
+    evaluator = evaluation.CocoEvaluator(ground_truth(dataset), cfg.data.category_ids, cfg.data.category_names)
+    num_batches = math.ceil(len(dataset.images) / cfg.eval.batch_size)
     progbar = keras.utils.Progbar(num_batches, verbose=1 if verbose else 0, unit_name="batch")
     infer = inference_function(model)
     pictures: list[np.ndarray] = []

@@ -114,13 +114,17 @@ def detections_to_coco(outputs: Mapping[str, np.ndarray], image_info: np.ndarray
 class CocoEvaluator:
     """Accumulates detections batch by batch and computes COCO box and mask AP with pycocotools.
 
-    Only the images passed to ``update`` are evaluated (``params.imgIds``), over the categories of
-    ``category_ids``. Crowd ground truth (``iscrowd=1``) is handled by pycocotools: detections matched to
-    it are neither true nor false positives.
+    ``ground_truth`` is a COCO dict or an instances JSON file read as is. The CLI passes
+    ``pipelines.coco.ground_truth(dataset)``: the instances that training uses, after the same checks
+    (pycocotools itself fails on 2-point polygons, 4-number polygons read as boxes, missing ``area`` or
+    ``iscrowd``), so any dataset that trains also evaluates. Only the images passed to ``update`` are
+    evaluated (``params.imgIds``), over the categories of ``category_ids``. Crowd ground truth
+    (``iscrowd=1``) is handled by pycocotools: detections matched to it are neither true nor false
+    positives.
 
     Example::
 
-        evaluator = CocoEvaluator("val.json", cfg.data.category_ids, cfg.data.category_names)
+        evaluator = CocoEvaluator(coco.ground_truth(dataset), cfg.data.category_ids, cfg.data.category_names)
         for images, image_info, image_ids in dataset:
             evaluator.update(model(images, image_info), image_info, image_ids)
         metrics = evaluator.evaluate()
@@ -128,15 +132,21 @@ class CocoEvaluator:
         evaluator.write_results("submission.json")
     """
 
-    def __init__(self, annotation_file: str, category_ids: Sequence[int], category_names: Sequence[str],
-                 mask_threshold: float = 0.5):
+    def __init__(self, ground_truth: str | Mapping[str, Any], category_ids: Sequence[int],
+                 category_names: Sequence[str], mask_threshold: float = 0.5):
         if len(category_ids) != len(category_names) or not category_ids:
             raise ValueError(f"need as many category ids as names (and at least one), got "
                              f"{len(category_ids)} ids and {len(category_names)} names")
-        if not os.path.isfile(annotation_file):
-            raise FileNotFoundError(f"annotation file '{annotation_file}' does not exist")
         with contextlib.redirect_stdout(io.StringIO()):
-            self.coco_gt = COCO(annotation_file)
+            if isinstance(ground_truth, str):
+                if not os.path.isfile(ground_truth):
+                    raise FileNotFoundError(f"annotation file '{ground_truth}' does not exist")
+                self.coco_gt = COCO(ground_truth)
+            else:
+                self.coco_gt = COCO()
+                self.coco_gt.dataset = {key: list(ground_truth.get(key, []))
+                                        for key in ("images", "annotations", "categories")}
+                self.coco_gt.createIndex()
         self.category_ids = [int(c) for c in category_ids]
         self.category_names = [str(n) for n in category_names]
         self.mask_threshold = mask_threshold

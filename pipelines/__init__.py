@@ -2,8 +2,12 @@
 
 Modules (host side first, then graph side):
 
-- ``coco``: COCO JSON -> validated records, category mapping, host-side masks, ``dataset_paths``.
-- ``coco_fields``: field-level checks of the JSON (errors name the file and the field).
+- ``dataset_info``: which files a mode reads, the category mapping, TFRecord ``dataset_info.json`` (JSON only).
+- ``coco``: COCO JSON -> validated records, host-side masks, the ground truth for evaluation.
+- ``coco_fields``: field-level rules of the JSON: what is refused (errors name the file and the field)
+  and what is skipped and counted.
+- ``image_header``, ``image_check``: image sizes from file headers; every image file checked once (cached).
+- ``dataset_check``: ``load_checked(cfg, mode)``, the checks before training and evaluation (no TensorFlow).
 - ``shapes``: the synthetic shapes dataset, written in COCO format, generated on first use.
 - ``example``: the encoded example shared by both input paths (image bytes + one stacked mask PNG)
   and its on-graph decoding.

@@ -46,11 +46,20 @@ FEATURE_SPEC = {
 _TF_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
 
 
+def _tf_reads_bmp(data: bytes) -> bool:
+    """Whether ``tf.io.decode_bmp`` reads this BMP: uncompressed (or bitfields) 8, 24 or 32 bits per pixel."""
+    if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
+        return False
+    bits = int.from_bytes(data[28:30], "little")
+    compression = int.from_bytes(data[30:34], "little")
+    return bits in (8, 24, 32) and compression in (0, 3)
+
+
 def encode_image_file(path: str) -> bytes:
     """The bytes of an image file in a format ``tf.io.decode_image`` reads.
 
-    JPEG, PNG (any bit depth, grayscale, palette, RGBA), BMP and GIF pass through unchanged; other
-    formats OpenCV can read (TIFF, WebP, ...) are converted to 8-bit RGB PNG.
+    JPEG, PNG (any bit depth, grayscale, palette, RGBA), 8/24/32-bit BMP and GIF pass through unchanged;
+    other formats OpenCV can read (TIFF, WebP, 1/4/16-bit or RLE BMP, ...) are converted to 8-bit RGB PNG.
 
     Raises:
         DatasetError: the file is missing or not an image.
@@ -60,9 +69,10 @@ def encode_image_file(path: str) -> bytes:
             data = f.read()
     except OSError as e:
         raise DatasetError(f"{path}: cannot read image file ({e.strerror})") from None
-    if data.startswith(_TF_MAGIC):
+    if data.startswith(_TF_MAGIC) and (not data.startswith(b"BM") or _tf_reads_bmp(data)):
         return data
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    # EXIF orientation is ignored, as TensorFlow's decoders do (the checked size is the stored one).
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise DatasetError(f"{path}: not a readable image (JPEG, PNG, BMP, GIF or what OpenCV reads)")
     return cv2.imencode(".png", image)[1].tobytes()

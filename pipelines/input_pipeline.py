@@ -14,9 +14,12 @@ The batch contract (DESIGN.md sections 3-5), per replica, B = per-replica batch 
 Flow: source of encoded examples (``pipelines/example.py``) -> [train: shuffle, repeat] -> decode ->
 [train: augment] -> ground truth from masks -> batch -> prefetch. Two sources:
 
-- COCO JSON (small datasets; the default shapes demo): masks are rendered on the host by a
-  ``from_generator`` source, sharded by image; in train mode the decoded images and masks are cached in
-  memory when they fit in ``data.cache_max_mb``, so after the first epoch only augmentation runs.
+- COCO JSON (small datasets; the default shapes demo), read by ``pipelines.dataset_check.load_checked``:
+  masks are rendered on the host by ``from_generator`` sources, sharded by image; in train mode the
+  decoded images and masks are cached in memory when they fit in ``data.cache_max_mb``, so after the
+  first epoch only augmentation runs. Without the cache, image *indices* are shuffled, repeated and
+  skipped, and only then rendered (one generator per example, order kept), so a resume at a late step
+  renders only what it uses; the permutation is the same as shuffling the examples themselves.
 - TFRecords (``data.train_tfrecords``): files sharded by ``input_context``, parallel interleave.
 
 Train mode: seeded shuffle, repeat, augmentation (``data.augment``; deterministic: each example's seed
@@ -28,14 +31,16 @@ kept. No ``py_function`` anywhere; works with ``strategy.distribute_datasets_fro
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from pipelines import augment as augment_lib
-from pipelines.coco import DatasetError, dataset_paths, load_coco
+from pipelines.coco import DatasetError, dataset_paths
+from pipelines.dataset_check import load_checked
 from pipelines.example import FEATURE_SPEC, decode_example, encode_record, parse_example
 from pipelines.mask_to_box import mask_to_box, pack_instances
 from pipelines.preprocess import build_image_info, preprocess_image, resize_and_pad
@@ -101,27 +106,48 @@ def _log_overflow(source: str, histogram: Mapping[int, int], max_instances: int)
     return over
 
 
-def _json_source(cfg: Any, annotations: str, images: str, training: bool, pipeline: tuple[int, int]
-                 ) -> tuple[tf.data.Dataset, int, bool]:
-    """Encoded examples of this pipeline's share of a COCO JSON; also (num images, cache decoded?)."""
-    dataset = load_coco(annotations, images, category_ids=cfg.data.category_ids or None,
-                        skip_empty=cfg.data.skip_empty and training)
+def _json_source(cfg: Any, mode: str, pipeline: tuple[int, int]) -> tuple[Any, int, bool]:
+    """This pipeline's share of a checked COCO JSON: ``(records, num images, cache decoded?)``."""
+    dataset = load_checked(cfg, mode)
     histogram = collections.Counter(len(r.instances) for r in dataset.images)
-    _log_overflow(annotations, histogram, cfg.data.max_instances)
+    _log_overflow(dataset.annotation_file, histogram, cfg.data.max_instances)
     pipeline_id, num_pipelines = pipeline
     records = dataset.images[pipeline_id::num_pipelines]
     if not records:
-        raise DatasetError(f"{annotations}: no images for input pipeline {pipeline_id} of {num_pipelines} "
-                           f"({len(dataset.images)} images in all)")
+        raise DatasetError(f"{dataset.annotation_file}: no images for input pipeline {pipeline_id} of "
+                           f"{num_pipelines} ({len(dataset.images)} images in all)")
+    decoded_bytes = sum(r.height * r.width * (3 + len(r.instances)) for r in records)
+    cache = mode == "train" and decoded_bytes <= cfg.data.cache_max_mb * 2**20
+    return records, len(records), cache
+
+
+def _encoded_in_order(records: Sequence[Any]) -> tf.data.Dataset:
+    """Encoded examples of ``records`` in order, rendered on the host by one generator."""
 
     def generate() -> Iterator[dict]:
         for record in records:
             yield encode_record(record)
 
-    ds = tf.data.Dataset.from_generator(generate, output_signature=FEATURE_SPEC)
-    decoded_bytes = sum(r.height * r.width * (3 + len(r.instances)) for r in records)
-    cache = training and decoded_bytes <= cfg.data.cache_max_mb * 2**20
-    return ds, len(records), cache
+    return tf.data.Dataset.from_generator(generate, output_signature=FEATURE_SPEC)
+
+
+def _encode_at(records: Sequence[Any], parallel: int | None) -> Any:
+    """``(position, index) -> (position, encoded example of records[index])`` as a Dataset interleave.
+
+    Only the examples that reach it are read and rendered, so indices can be shuffled and skipped first.
+    Each index becomes a one-element generator source; the interleave keeps the input order.
+    """
+
+    def generate(index: np.ndarray) -> Iterator[dict]:
+        yield encode_record(records[int(index)])
+
+    def one(position: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
+        example = tf.data.Dataset.from_generator(generate, args=(index,), output_signature=FEATURE_SPEC)
+        return example.map(lambda x: (position, x))
+
+    cycle = 1 if parallel is None else 4
+    return lambda ds: ds.interleave(one, cycle_length=cycle, block_length=1, num_parallel_calls=parallel or None,
+                                    deterministic=True)
 
 
 def _tfrecord_source(cfg: Any, pattern: str, training: bool, pipeline: tuple[int, int]
@@ -192,11 +218,17 @@ def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext
     parallel = _AUTOTUNE if cfg.data.num_parallel_calls < 0 else (cfg.data.num_parallel_calls or None)
 
     paths = dataset_paths(cfg, mode)
+    lazy = None
     if training and paths.tfrecords:
         ds, num_images = _tfrecord_source(cfg, paths.tfrecords, training, pipeline)
         cached = False
     else:
-        ds, num_images, cached = _json_source(cfg, paths.annotations, paths.images, training, pipeline)
+        records, num_images, cached = _json_source(cfg, mode, pipeline)
+        if cached or not training:
+            ds = _encoded_in_order(records)
+        else:  # shuffle and skip indices; render only the examples that are used
+            ds = tf.data.Dataset.range(num_images)
+            lazy = _encode_at(records, parallel)
     if cached:
         ds = ds.map(decode_example, num_parallel_calls=parallel).cache()
 
@@ -209,6 +241,8 @@ def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext
         ds = ds.repeat().enumerate()
         if skip_batches:
             ds = ds.skip(int(skip_batches) * batch_size)
+        if lazy is not None:
+            ds = lazy(ds)
         base_seed = tf.constant([cfg.data.seed, pipeline[0]], tf.int64)
 
         def train_map(index: tf.Tensor, example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -10,7 +10,9 @@ rendered by pycocotools, contiguous labels) and ``OUT/dataset_info.json`` (the c
 source annotation file, image and per-image instance counts). Crowd regions are not stored (they never
 become ground truth). Each shard is written under a temporary name and renamed when complete, and
 ``dataset_info.json`` comes last, so a dataset with an info file is whole. Training reads it with
-``data.train_tfrecords=OUT`` (a folder or a glob).
+``data.train_tfrecords=OUT`` (a folder or a glob). The conversion applies the JSON path's checks
+(``pipelines/coco_fields.py`` rules, every image file checked, ``--bad_images=error|skip``), so
+training from TFRecords needs none.
 """
 
 from __future__ import annotations
@@ -18,22 +20,21 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import glob
 import json
 import multiprocessing
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import tensorflow as tf
 
+from mrcnn_tf2.config.choices import BAD_IMAGES
+from mrcnn_tf2.config.schema import ExportConfig
 from pipelines.coco import CocoDataset, DatasetError, ImageRecord, load_coco
+from pipelines.dataset_info import INFO_FILE, list_tfrecord_files, read_dataset_info
 from pipelines.example import encode_record, serialize_example
+from pipelines.image_check import check_images
 
 __all__ = ["INFO_FILE", "write_tfrecords", "list_tfrecord_files", "read_dataset_info", "main"]
-
-INFO_FILE = "dataset_info.json"
-
 
 def _write_shard(records: Sequence[ImageRecord], path: str) -> int:
     tmp = f"{path}.tmp.{os.getpid()}"
@@ -89,33 +90,6 @@ def write_tfrecords(dataset: CocoDataset, output_dir: str, num_shards: int, work
     return paths
 
 
-def list_tfrecord_files(pattern: str) -> list[str]:
-    """Sorted TFRecord files of a folder (``*.tfrecord*``) or a glob pattern; DatasetError if none."""
-    if os.path.isdir(pattern):
-        files = glob.glob(os.path.join(pattern, "*.tfrecord*"))
-    else:
-        files = glob.glob(pattern)
-    files = sorted(f for f in files if ".tmp." not in os.path.basename(f))
-    if not files:
-        raise DatasetError(f"{pattern}: data.train_tfrecords matches no TFRecord files")
-    return files
-
-
-def read_dataset_info(pattern: str) -> dict[str, Any]:
-    """The ``dataset_info.json`` beside the TFRecords of a folder or glob pattern."""
-    folder = pattern if os.path.isdir(pattern) else os.path.dirname(pattern)
-    path = os.path.join(folder, INFO_FILE)
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: missing; TFRecords must be written by `python -m pipelines.tfrecord`, "
-                           "which stores the category mapping there")
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
-    for key in ("category_ids", "category_names", "num_images"):
-        if key not in info:
-            raise DatasetError(f"{path}: missing field '{key}'")
-    return info
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description="Convert a COCO-format dataset to sharded TFRecords.")
@@ -125,9 +99,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--skip_empty", action="store_true", help="drop images without instances")
+    parser.add_argument("--bad_images", choices=BAD_IMAGES, default="error",
+                        help="unusable image files (missing, corrupt, wrong size, too large): refuse the dataset "
+                             "(error) or leave them out (skip), as data.bad_images")
+    parser.add_argument("--max_image_pixels", type=int, default=ExportConfig().max_image_pixels,
+                        help="images above this many pixels (by their header) are bad images")
     args = parser.parse_args(argv)
     try:
-        dataset = load_coco(args.annotations, args.images, skip_empty=args.skip_empty)
+        dataset = load_coco(args.annotations, args.images, skip_empty=args.skip_empty, check_files=False)
+        dataset = check_images(dataset, args.bad_images, args.max_image_pixels)
+        if not dataset.num_instances:
+            raise DatasetError(f"{args.annotations}: no usable instance in {len(dataset.images)} images "
+                               f"(skipped: {dict(dataset.skipped)}); fix the annotations")
         paths = write_tfrecords(dataset, args.output, args.shards, args.workers)
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from None

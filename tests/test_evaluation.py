@@ -209,3 +209,30 @@ def test_bad_label_raises():
     info = np.array([[[8, 8], [8, 8], [1, 1], [0, 0]]], np.float32)
     with pytest.raises(ValueError, match="outside 1..2"):
         evaluation.detections_to_coco(outputs, info, np.array([1]), category_ids=[1, 2])
+
+
+def test_checked_ground_truth_evaluates_what_raw_pycocotools_cannot(gt_file, tmp_path):
+    """Annotations that training skips crash pycocotools on the raw file; the checked ground truth
+    (pipelines.coco.ground_truth) drops them, and scores exactly as the clean file does."""
+    from pipelines import coco
+
+    with open(gt_file) as f:
+        data = json.load(f)
+    clean = _evaluator(gt_file)
+    clean.update(*_batch(PERFECT))
+    expected = clean.evaluate()
+    next_id = len(data["annotations"]) + 1
+    for k, segm in enumerate([[[5.0, 5.0, 9.0, 9.0]], [[5.0, 5.0]], [[1.0, 1.0, float("nan"), 2.0, 3.0, 3.0]],
+                              [[5.0, 5.0, 9.0, 5.0, 9.0]]]):
+        data["annotations"].append({"id": next_id + k, "image_id": 11, "category_id": 3, "segmentation": segm})
+    messy = tmp_path / "messy.json"
+    messy.write_text(json.dumps(data))
+    raw = evaluation.CocoEvaluator(str(messy), CATEGORY_IDS, CATEGORY_NAMES)
+    raw.update(*_batch(PERFECT))
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever pycocotools raises on them
+        raw.evaluate()
+    dataset = coco.load_coco(str(messy), str(tmp_path), check_files=False)
+    assert dataset.skipped["zero_area"] == 2
+    checked = evaluation.CocoEvaluator(coco.ground_truth(dataset), CATEGORY_IDS, CATEGORY_NAMES)
+    checked.update(*_batch(PERFECT))
+    assert checked.evaluate() == expected

@@ -14,3 +14,4 @@ LR_SCHEDULES = ("step", "cosine")
 MIXED_PRECISION = ("", "float16", "bfloat16")
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
 LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
+BAD_IMAGES = ("error", "skip")  # data.bad_images: refuse the dataset, or drop unusable image files

@@ -132,6 +132,9 @@ class DataConfig:
     category_ids: tuple[int, ...] = ()
     category_names: tuple[str, ...] = ()
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Unusable image files (missing, empty, corrupt, wrong size, above export.max_image_pixels):
+    # "error" refuses the dataset before training, "skip" drops them (counted and logged).
+    bad_images: str = "error"
 
 
 @dataclass(frozen=True)

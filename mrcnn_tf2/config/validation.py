@@ -6,6 +6,7 @@ import math
 
 from mrcnn_tf2.config.choices import (
     BACKBONES,
+    BAD_IMAGES,
     LR_SCHEDULES,
     MIXED_PRECISION,
     NORMS,
@@ -101,6 +102,7 @@ def validate(cfg: Config) -> Config:
     for name in ("hflip_prob", "vflip_prob", "crop_prob", "rotation_prob", "blur_prob", "noise_prob"):
         value = getattr(a, name)
         _check(0 <= value <= 1, f"data.augment.{name}={value} must be a probability in [0, 1]")
+    _check(d.bad_images in BAD_IMAGES, f"data.bad_images='{d.bad_images}' is not one of {BAD_IMAGES}")
     _check(cfg.export.max_image_pixels >= 1,
            f"export.max_image_pixels={cfg.export.max_image_pixels} must be >= 1")
     return cfg

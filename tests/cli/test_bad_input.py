@@ -68,3 +68,53 @@ def test_bad_tf_config(tmp_path):
     result = _main(tmp_path, "--mode=train", "--strategy=multi_worker", "--model=none", *overrides,
                    env={"TF_CONFIG": bad})
     _check_one_paragraph(result, "TF_CONFIG", "does not name a member")
+
+
+def _messy_dataset(tmp_path, annotations=None, images=None, truncate: str = "") -> list[str]:
+    """Flags for a 2-image training set under tmp_path; ``truncate`` names a file to cut in half."""
+    import cv2
+    import numpy as np
+
+    image_dir = tmp_path / "images"
+    image_dir.mkdir(exist_ok=True)
+    for name in ("a.jpg", "b.jpg"):
+        data = cv2.imencode(".jpg", np.full((32, 48, 3), 128, np.uint8))[1].tobytes()
+        (image_dir / name).write_bytes(data[: len(data) // 2] if name == truncate else data)
+    images = images or [{"id": 1, "file_name": "a.jpg", "height": 32, "width": 48},
+                        {"id": 2, "file_name": "b.jpg", "height": 32, "width": 48}]
+    square = [4, 4, 20, 4, 20, 20, 4, 20]
+    annotations = annotations or [{"id": k, "image_id": k, "category_id": 1, "segmentation": [square]} for k in (1, 2)]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "thing"}]}))
+    return ["--mode=train", "--config=shapes", "--model=none", f"--train_annotations={path}",
+            f"--train_images={image_dir}"]
+
+
+def test_truncated_image_is_refused_before_training(tmp_path):
+    result = _main(tmp_path, *_messy_dataset(tmp_path, truncate="b.jpg"))
+    assert result.returncode == 2
+    _check_one_paragraph(result, "train.json", "1 of 2 images", "'b.jpg' (image id 2) does not decode",
+                         "data.bad_images=skip")
+
+
+def test_dataset_without_usable_instances_is_refused(tmp_path):
+    nan = [{"id": k, "image_id": k, "category_id": 1, "segmentation": [[1, 1, float("nan"), 5, 9, 9]]}
+           for k in (1, 2)]
+    result = _main(tmp_path, *_messy_dataset(tmp_path, annotations=nan))
+    assert result.returncode == 2
+    _check_one_paragraph(result, "train.json", "no usable instance", "non_finite_values", "only learn background")
+
+
+def test_duplicate_image_ids_are_refused(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg", "height": 32, "width": 48},
+              {"id": 1, "file_name": "b.jpg", "height": 32, "width": 48}]
+    result = _main(tmp_path, *_messy_dataset(tmp_path, images=images))
+    assert result.returncode == 2
+    _check_one_paragraph(result, "train.json", "images[1]", "duplicate image id 1")
+
+
+def test_bad_images_value_is_refused(tmp_path):
+    result = _main(tmp_path, "--mode=train", "--config=shapes", "--config_override=data.bad_images=ignore")
+    assert result.returncode == 2
+    _check_one_paragraph(result, "data.bad_images='ignore'", "error", "skip")

@@ -111,16 +111,21 @@ def _bad(tmp_path, mutate, name="bad.json"):
 
 @pytest.mark.parametrize("mutate, fragments", [
     (lambda d: d.pop("annotations"), ["top-level field 'annotations'"]),
+    (lambda d: d.update(categories={}), ["top-level field 'categories' must be a list"]),
     (lambda d: d["images"][0].pop("file_name"), ["images[0]", "'file_name'"]),
+    (lambda d: d["images"][0].update(file_name=""), ["images[0] (id 1)", "'file_name' is empty"]),
     (lambda d: d["images"][0].update(height="8"), ["images[0]", "'height'"]),
+    (lambda d: d["images"][0].update(width=7.5), ["images[0]", "'width'", "positive integer"]),
+    (lambda d: d["images"][0].update(id="1"), ["images[0]", "'id' must be an integer"]),
+    (lambda d: d["images"].append(dict(d["images"][0])), ["images[1]", "duplicate image id 1"]),
     (lambda d: d["annotations"][0].pop("category_id"), ["annotations[0] (id 11)", "'category_id'"]),
     (lambda d: d["annotations"][0].update(image_id=99), ["annotations[0] (id 11)", "'image_id' = 99"]),
-    (lambda d: d["annotations"][0].update(category_id=5), ["annotations[0] (id 11)", "'category_id' = 5"]),
-    (lambda d: d["annotations"][0].update(segmentation={"size": [9, 8], "counts": "abc"}),
-     ["annotations[0] (id 11)", "'segmentation.size'"]),
-    (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3]]), ["annotations[0]", "segmentation[0]"]),
-    (lambda d: d["annotations"][0].update(segmentation=None, bbox=None), ["annotations[0]", "'bbox'"]),
-    (lambda d: d["annotations"][0].update(bbox=[1, 2]), ["annotations[0]", "'bbox'"]),
+    (lambda d: d["annotations"][0].update(category_id=5), ["annotations[0] (id 11)", "'category_id' = 5",
+                                                            "add the category"]),
+    (lambda d: d["annotations"][0].update(category_id="2"), ["annotations[0] (id 11)", "'category_id'",
+                                                              "integer"]),
+    (lambda d: d["annotations"][0].update(iscrowd=2), ["annotations[0] (id 11)", "'iscrowd'"]),
+    (lambda d: d["annotations"].append(7), ["annotations[1]", "JSON object"]),
     (lambda d: d["categories"].append({"id": 2, "name": "dup"}), ["categories[1]", "duplicate"]),
     (lambda d: d["images"][0].update(file_name="missing.png"), ["images[0] (id 1)", "'file_name'",
                                                                  "missing.png", "not found"]),
@@ -157,7 +162,7 @@ def test_recoverable_problems_are_counted(tmp_path):
     ann, image_dir = write_coco(str(tmp_path), images, anns, [{"id": 1, "name": "a"}])
     ds = coco.load_coco(ann, image_dir)
     assert [i.annotation_id for i in ds.images[0].instances] == [1, 4]
-    assert ds.skipped == {"degenerate_polygon_parts": 2, "zero_area": 2, "clipped_boxes": 2,
+    assert ds.skipped == {"degenerate_polygon_parts": 2, "zero_area": 3, "clipped_boxes": 2,
                           "box_only_masks": 1}
     assert ds.images[0].instances[1].bbox == (15.0, 15.0, 5.0, 5.0)
     masks = coco.instance_masks(ds.images[0])

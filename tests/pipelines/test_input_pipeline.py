@@ -191,3 +191,22 @@ def test_bad_mode_and_bad_dataset(tmp_path, rects):
         json.dump({"images": [], "annotations": [], "categories": [{"id": 1}]}, f)
     with pytest.raises(coco.DatasetError, match=r"bad\.json: categories\[0\]: missing field 'name'"):
         build_dataset(small_config(path, str(tmp_path)), "train")
+
+
+def test_resume_renders_only_what_it_uses(rects, monkeypatch):
+    """Uncached JSON path: skipped examples are never read or rendered, and the stream is unchanged."""
+    from pipelines import input_pipeline
+
+    ann, image_dir, _ = rects
+    cfg = small_config(ann, image_dir, **{"data.shuffle_buffer": 100, "data.augment.rotation_prob": 0.5,
+                                          "data.cache_max_mb": 0})
+    rendered = []
+    real = input_pipeline.encode_record
+    monkeypatch.setattr(input_pipeline, "encode_record", lambda r: rendered.append(r.image_id) or real(r))
+    full = batches(build_dataset(cfg, "train"), 32)
+    rendered.clear()
+    resumed = batches(build_dataset(cfg, "train", skip_batches=30), 2)  # 60 examples = 10 epochs skipped
+    for x, y in zip(full[30:], resumed):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    assert 4 <= len(rendered) < 30, len(rendered)  # the 4 used (+ prefetch), not the 60 skipped
