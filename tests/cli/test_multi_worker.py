@@ -6,7 +6,8 @@ Each worker is ``python main.py --mode=train --strategy=multi_worker ...`` with 
 both end with bit-identical weights (each writes them to ``MRCNN_TF2_WEIGHTS_DUMP``, see ``cli.train``;
 batch-norm moving statistics excepted, see ``_worker_weights``), that the chief's last checkpoint holds
 the chief's final weights, and that ``--model=last`` resumes on two workers. A hung
-collective cannot hang CI: each run has a deadline, and a worker that fails stops the other.
+collective cannot hang CI: each run has a deadline, and a worker that fails stops the other. A port that
+another process takes between ``_free_ports`` and a worker's bind is retried on fresh ports (``PORT_TAKEN``).
 """
 
 from __future__ import annotations
@@ -41,22 +42,28 @@ SMALL = TINY_OVERRIDES + ["model.rpn.anchors_per_image=64", "model.rpn.pre_nms_t
                           "train.warmup_steps=1", "train.learning_rate=0.01"]
 
 
+# What a worker logs when its gRPC server cannot bind its port (another process took the port between
+# ``_free_ports`` and the worker's start): the one failure that is retried, with fresh ports.
+PORT_TAKEN = "Could not start gRPC server"
+PORT_ATTEMPTS = 3
+
+
 def _free_ports(n: int) -> list[int]:
-    """n distinct localhost ports that were free a moment ago (bound to port 0, then released)."""
+    """n distinct ports free on all interfaces a moment ago (bound to port 0, then released; the workers'
+    gRPC servers bind 0.0.0.0)."""
     sockets = [socket.socket() for _ in range(n)]
     try:
         for s in sockets:
-            s.bind(("localhost", 0))
+            s.bind(("", 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
             s.close()
 
 
-def _run_workers(tmp_path, name: str, model_dirs: list[str], *flags: str) -> list[subprocess.Popen]:
-    """Starts one ``main.py`` per worker and waits for all; fails with both logs if one fails or hangs."""
-    ports = _free_ports(len(model_dirs))
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+def _start_and_wait(tmp_path, name: str, model_dirs: list[str], flags: tuple[str, ...]) -> list[subprocess.Popen]:
+    """Starts one ``main.py`` per worker on fresh ports and waits until all exit, one fails, or the deadline."""
+    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(len(model_dirs))]}
     procs, logs = [], []
     for index, model_dir in enumerate(model_dirs):
         tmp = tmp_path / f"tmp{index}"
@@ -85,10 +92,23 @@ def _run_workers(tmp_path, name: str, model_dirs: list[str], *flags: str) -> lis
             p.wait()
         for log in logs:
             log.close()
+    return procs
+
+
+def _run_workers(tmp_path, name: str, model_dirs: list[str], *flags: str) -> list[subprocess.Popen]:
+    """Runs the workers; fails with both logs if one fails or hangs. A port taken by another process before
+    a worker bound it (``PORT_TAKEN``; nothing was trained or written yet) is retried on new ports."""
+    attempt = 0
+    while True:
+        attempt += 1
+        procs = _start_and_wait(tmp_path, name, model_dirs, flags)
+        texts = [(tmp_path / f"{name}_worker{i}.log").read_text() for i in range(len(procs))]
+        failed = any(p.returncode != 0 for p in procs)
+        if not (failed and any(PORT_TAKEN in t for t in texts) and attempt < PORT_ATTEMPTS):
+            break
     if any(p.returncode != 0 for p in procs):
-        report = "\n".join(f"--- worker {i} (exit {p.returncode}):\n" + (tmp_path / f"{name}_worker{i}.log")
-                           .read_text()[-3000:] for i, p in enumerate(procs))
-        pytest.fail(f"{name}: a worker failed or the run passed {DEADLINE_S} s\n{report}")
+        report = "\n".join(f"--- worker {i} (exit {p.returncode}):\n" + texts[i][-3000:] for i, p in enumerate(procs))
+        pytest.fail(f"{name}: a worker failed or the run passed {DEADLINE_S} s (attempt {attempt})\n{report}")
     return procs
 
 

@@ -1,9 +1,23 @@
-"""export.masks: box-relative masks pasted into full images, against a plain per-pixel NumPy reference."""
+"""export.masks: box-relative masks pasted into full images, against a plain per-pixel NumPy reference.
+
+The reference is written here from the rule (mask cell centres spread evenly over the box, bilinear inside
+the box, 0 outside); the client helper, the NumPy pasting the evaluator uses and the TF pasting all must
+match it on fractional boxes that stick out of the image on every side.
+"""
 
 import numpy as np
+import pytest
 
 from export import masks
 from mrcnn_tf2.ops import mask_ops
+
+# Fractional boxes: inside, out past the top and right borders, out past the left and bottom borders,
+# larger than the image on all sides, and one smaller than a pixel (no pixel centre inside).
+BOXES = np.array([[2.3, 3.6, 12.2, 20.1],
+                  [-3.4, 20.2, 8.7, 40.5],
+                  [11.5, -6.25, 25.75, 9.4],
+                  [-5.0, -4.5, 30.0, 33.3],
+                  [5.0, 5.0, 5.3, 5.4]], np.float64)
 
 
 def _paste_reference(mask: np.ndarray, box, height: int, width: int) -> np.ndarray:
@@ -27,27 +41,52 @@ def _paste_reference(mask: np.ndarray, box, height: int, width: int) -> np.ndarr
     return out
 
 
-def test_paste_helper_is_the_model_rule():
-    assert masks.paste_masks_numpy is mask_ops.paste_masks_numpy
+def _smooth_masks(num: int, size: int, seed: int = 0) -> np.ndarray:
+    """Non-trivial [num, size, size] probabilities: random, so any misplaced cell or weight shows."""
+    return np.random.default_rng(seed).uniform(0, 1, [num, size, size]).astype(np.float32)
 
 
-def test_instance_masks_match_per_pixel_reference():
-    rng = np.random.default_rng(0)
-    height, width, m = 19, 27, 4
-    boxes = np.array([[2.0, 3.5, 12.2, 20.0],  # inside
-                      [-3.0, 20.0, 8.0, 40.0],  # crosses the top and right borders
-                      [5.0, 5.0, 5.3, 5.4],  # smaller than a pixel: no pixel centre inside
-                      [0.0, 0.0, 0.0, 0.0]], np.float32)  # padding row past num_detections
-    mask_probs = rng.uniform(0, 1, [4, m, m]).astype(np.float32)
-    probabilities = masks.instance_masks(boxes, mask_probs, 3, height, width, threshold=None)
-    assert probabilities.shape == (3, height, width) and probabilities.dtype == np.float32
-    for n in range(3):
+@pytest.mark.parametrize("mask_size", [4, 28])
+def test_instance_masks_match_per_pixel_reference(mask_size):
+    height, width = 19, 27
+    boxes = np.concatenate([BOXES, np.zeros([1, 4])]).astype(np.float32)  # + a padding row
+    mask_probs = _smooth_masks(len(boxes), mask_size)
+    num = len(BOXES)
+    probabilities = masks.instance_masks(boxes, mask_probs, num, height, width, threshold=None)
+    assert probabilities.shape == (num, height, width) and probabilities.dtype == np.float32
+    for n in range(num):
         expected = _paste_reference(mask_probs[n], boxes[n], height, width)
-        np.testing.assert_allclose(probabilities[n], expected, atol=1e-5)
-    assert probabilities[0].sum() > 0 and probabilities[1].sum() > 0 and probabilities[2].sum() == 0
-    binary = masks.instance_masks(boxes, mask_probs, 3, height, width, threshold=0.5)
+        np.testing.assert_allclose(probabilities[n], expected, atol=1e-5, err_msg=f"box {n}")
+    assert all(probabilities[n].sum() > 0 for n in range(4)) and probabilities[4].sum() == 0
+    binary = masks.instance_masks(boxes, mask_probs, num, height, width, threshold=0.5)
     assert binary.dtype == bool
     np.testing.assert_array_equal(binary, probabilities >= 0.5)
+
+
+def test_numpy_and_tf_pasting_match_the_reference():
+    """The evaluator's NumPy pasting and the graph's TF pasting follow the same rule as the client's."""
+    height, width, m = 23, 17, 7
+    mask_probs = _smooth_masks(len(BOXES), m, seed=1)
+    boxes = BOXES.astype(np.float32)
+    expected = np.stack([_paste_reference(mask_probs[n], boxes[n], height, width) for n in range(len(boxes))])
+    np.testing.assert_allclose(mask_ops.paste_masks_numpy(mask_probs, boxes, height, width), expected, atol=1e-5)
+    np.testing.assert_allclose(mask_ops.paste_masks(mask_probs, boxes, height, width).numpy(), expected, atol=1e-5)
+
+
+def test_a_quadrant_mask_pastes_into_exactly_its_quadrant():
+    """Worked out by hand: an M x M mask whose top-left M/2 x M/2 cells are 1, pasted into the integer
+    box [4, 6, 4 + 2M, 6 + 2M], covers exactly the M x M pixels at its top left once thresholded at 0.5
+    (the pixels at the edge sample 3/4 of the last 1 cell or 1/4 of it)."""
+    m = 8
+    quadrant = np.zeros([1, m, m], np.float32)
+    quadrant[0, : m // 2, : m // 2] = 1.0
+    box = np.array([[4.0, 6.0, 4.0 + 2 * m, 6.0 + 2 * m]], np.float32)
+    got = masks.instance_masks(box, quadrant, 1, 30, 30, threshold=0.5)[0]
+    expected = np.zeros([30, 30], bool)
+    expected[4:4 + m, 6:6 + m] = True
+    np.testing.assert_array_equal(got, expected)
+    probabilities = masks.instance_masks(box, quadrant, 1, 30, 30, threshold=None)[0]
+    assert probabilities[4 + m - 1, 6] == pytest.approx(0.75) and probabilities[4 + m, 6] == pytest.approx(0.25)
 
 
 def test_instance_masks_with_no_detections():

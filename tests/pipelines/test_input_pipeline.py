@@ -61,25 +61,37 @@ def test_eval_is_ordered_one_pass_with_partial_batch_and_uses_preprocess_image(r
 def test_image_info_round_trip_gives_back_the_coco_boxes(rects, mode):
     """A gt box mapped back with image_info is the COCO bbox (cut by the crop window in train mode)."""
     ann, image_dir, coco_boxes = rects
-    cfg = small_config(ann, image_dir, **GEOMETRY_ONLY)
-    for batch in batches(build_dataset(cfg, mode), 3):
+    with open(ann) as f:
+        categories = {}
+        for a in json.load(f)["annotations"]:
+            categories.setdefault(a["image_id"], []).append(a["category_id"])
+    label_of = {3: 1, 7: 2}  # contiguous labels follow the sorted category ids
+    # Tight crops (down to 30% of a side) cut instances to a few pixels: each must still be there.
+    cfg = small_config(ann, image_dir, **GEOMETRY_ONLY, **{"data.augment.crop_min_fraction": 0.3})
+    for batch in batches(build_dataset(cfg, mode), 4):
         for i, image_id in enumerate(batch["image_id"]):
             info = batch["image_info"][i]
             valid = batch["gt_classes"][i] > 0
             got = to_original(batch["gt_boxes"][i][valid], info)
+            got_labels = batch["gt_classes"][i][valid]
             window = np.concatenate([info[3] / info[2], (info[3] + info[1]) / info[2]])  # original pixels
             expected = []
-            for x, y, w, h in coco_boxes[int(image_id)]:
+            for (x, y, w, h), category in zip(coco_boxes[int(image_id)], categories[int(image_id)]):
                 y1, x1 = max(y, window[0]), max(x, window[1])
                 y2, x2 = min(y + h, window[2]), min(x + w, window[3])
                 if y2 - y1 >= 0.5 and x2 - x1 >= 0.5:
-                    expected.append([y1, x1, y2, x2])
+                    expected.append([y1, x1, y2, x2, label_of[category]])
             if mode == "eval":
                 np.testing.assert_array_equal(info[3], 0)
-                assert len(got) == len(expected)
-            # Order differs (sorted by area); compare as sets. Crop windows are whole original pixels.
-            for box in got:
-                assert np.abs(np.array(expected) - box).max(axis=1).min() < 1e-3, (box, expected)
+            # Every instance the window keeps, each exactly once (order differs: sorted by area). Crop
+            # windows are whole original pixels, so the expected boxes are exact.
+            assert len(got) == len(expected), (int(image_id), got, expected)
+            remaining = [np.array(box) for box in expected]
+            for box, label in zip(got, got_labels):
+                errors = [np.abs(e[:4] - box).max() if e[4] == label else np.inf for e in remaining]
+                assert errors and min(errors) < 1e-3, (int(image_id), box, label, expected)
+                remaining.pop(int(np.argmin(errors)))
+            assert not remaining
 
 
 def test_crowd_regions_are_not_ground_truth_and_overflow_keeps_largest(tmp_path, caplog):
