@@ -25,7 +25,7 @@
 
 static int check(TF_Status *status, const char *what) {
   if (TF_GetCode(status) != TF_OK) {
-    fprintf(stderr, "%s: %s\n", what, TF_Message(status));
+    fprintf(stderr, "%s (code %d): %s\n", what, (int)TF_GetCode(status), TF_Message(status));
     return 0;
   }
   return 1;
