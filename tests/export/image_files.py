@@ -17,10 +17,13 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_bomb(height: int = 20000, width: int = 20000, rows: int = 16) -> bytes:
-    """A valid-looking 8-bit RGB PNG of ``height x width`` whose IDAT holds only ``rows`` zero rows (a few kB)."""
+    """An 8-bit RGB PNG of ``height x width`` whose IDAT holds ``rows`` zero rows (16: a few kB, truncated;
+    ``rows=height``: a complete, valid image, about 1.2 MB at 20000 x 20000)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    raw = (b"\x00" + b"\x00" * (3 * width)) * rows  # filter byte 0 + RGB zeros, per row
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw, 9))
+    row = b"\x00" + b"\x00" * (3 * width)  # filter byte 0 + RGB zeros
+    stream = zlib.compressobj(9)
+    idat = b"".join(stream.compress(row) for _ in range(rows)) + stream.flush()
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
             + _png_chunk(b"IEND", b""))
 
 
