@@ -14,7 +14,10 @@ What is read, per format (the fields the decoders behind ``tf.io.decode_image`` 
   except DHT, JPG and DAC), which holds height and width (big-endian uint16).
 - GIF: the logical screen (the output canvas) and every image descriptor: giflib reads all frames, and
   each allocates its own width x height, so the pixels of a GIF are the canvas plus the sum of its
-  frames. The blocks are walked (a bounded ``tf.while_loop``; data sub-blocks are skipped by length).
+  frames (the larger of the two is what is compared with the limit). The blocks are walked (a bounded
+  ``tf.while_loop``; a step jumps over a run of full 255-byte data sub-blocks, or follows a chain of
+  shorter ones through a 1 kB window by pointer doubling, so the cost grows with the file size, not
+  with the number of sub-blocks).
 - BMP: width and height of the info header (little-endian int32; a negative height means top-down).
 - WebP: ``VP8 `` (14-bit sizes of the key frame), ``VP8L`` (14-bit sizes minus one) or ``VP8X`` (24-bit
   canvas sizes minus one).
@@ -23,7 +26,7 @@ Anything else (including JPEG XL, which ``decode_image`` would accept) is "unkno
 early, or a walk that finds no size within its bound, reads as size 0 x 0 ("corrupt").
 
 Results are int64: ``[format, height, width, pixels]`` with ``format`` one of the ``FORMAT_*`` codes and
-``pixels`` the decode cost in pixels (height x width, for GIF canvas + frames).
+``pixels`` the decode cost in pixels (height x width; GIF: max(canvas, sum of the frames)).
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ __all__ = ["FORMAT_UNKNOWN", "FORMAT_JPEG", "FORMAT_PNG", "FORMAT_GIF", "FORMAT_
 FORMAT_UNKNOWN, FORMAT_JPEG, FORMAT_PNG, FORMAT_GIF, FORMAT_BMP, FORMAT_WEBP = range(6)
 FORMAT_NAMES = ("unknown", "JPEG", "PNG", "GIF", "BMP", "WebP")
 MAX_JPEG_SEGMENTS = 4096  # segments before the frame header; real files have tens (ICC chunks: a few hundred)
-MAX_GIF_BLOCKS = 1 << 16  # loop steps of the GIF walk (a step: one block header or up to _GIF_HOPS data blocks)
-_GIF_HOPS = 32
+# Loop steps of the GIF walk: a step reads one block header, or jumps over a run of up to _GIF_FULL_RUN
+# full (255-byte) data sub-blocks, or follows a chain of other sub-blocks through _GIF_WINDOW bytes (at
+# least _GIF_WINDOW - 256 bytes of progress), however the data is split. 8192 steps: 4096 frames, or
+# 128 MB of full sub-blocks, or 6 MB cut into 1-byte ones; a longer walk is refused as corrupt.
+MAX_GIF_BLOCKS = 8192
+_GIF_FULL_RUN = 64
+_GIF_WINDOW = 1024  # a power of two
 
 _SIGNATURES = (  # (code, offset, magic): checked on the first 16 bytes
     (FORMAT_PNG, 0, b"\x89PNG\r\n\x1a\n"),
@@ -150,11 +158,10 @@ def _gif(encoded: tf.Tensor, length: tf.Tensor, head: tf.Tensor):
     """max(logical screen, sum of the frames' areas), by walking the blocks (MAX_GIF_BLOCKS steps at most).
 
     Loop state ``in_data``: the walk is inside a chain of data sub-blocks (after an extension label or an
-    image's LZW code size), each ``[n][n bytes]``, ended by ``n = 0``. One step follows up to
-    ``_GIF_HOPS`` sub-blocks of a chain (read from one chunk), or reads one descriptor/extension header.
+    image's LZW code size), each ``[n][n bytes]``, ended by ``n = 0``. One step jumps over a run of full
+    sub-blocks or follows the chain through ``_GIF_WINDOW`` bytes (pointer doubling), or reads one
+    descriptor/extension header.
     """
-    window = 256 * _GIF_HOPS
-
     def color_table(packed):  # bytes of the color table a packed field announces (bit 7 set)
         return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(_i64(2), packed % 8), _i64(0))
 
@@ -169,13 +176,21 @@ def _gif(encoded: tf.Tensor, length: tf.Tensor, head: tf.Tensor):
         extension = tf.equal(kind, 0x21)
         header_next = tf.where(image, pos + 10 + color_table(b[9]) + 1, pos + 2)  # + LZW code size byte
         area = tf.where(~in_data & image & (pos + 10 <= length), _le(b, 5, 2) * _le(b, 7, 2), _i64(0))
-        # Inside a chain: hop over up to _GIF_HOPS sub-blocks.
-        chunk = _bytes_at(encoded, length, pos, window)
-        offset, ended = _i64(0), tf.constant(False)
-        for _ in range(_GIF_HOPS):  # offset <= 256 * hops so far < window
-            n = tf.gather(chunk, offset)
-            offset = tf.where(ended, offset, offset + 1 + n)
-            ended = ended | tf.equal(n, 0)
+        # Inside a chain. Fast path: encoders write full 255-byte sub-blocks, so count the run of 255 length
+        # bytes at pos, pos + 256, ... and jump over all of them. Otherwise follow the chain through a
+        # window at once: jump[p] = p + 1 + byte[p]; the terminator (a zero byte) and the last length byte
+        # before the window's end point to themselves; pointer doubling (jump = jump[jump]) then leads
+        # from offset 0 to one of those.
+        ahead = _bytes_at(encoded, length, pos, 256 * _GIF_FULL_RUN)
+        full_run = tf.reduce_sum(tf.math.cumprod(tf.cast(tf.equal(ahead[::256], 255), tf.int64)))
+        data = tf.cast(ahead[:_GIF_WINDOW], tf.int32)  # int32: faster gathers
+        offsets = tf.range(_GIF_WINDOW, dtype=tf.int32)
+        jump = tf.where(tf.equal(data, 0) | (offsets + 1 + data >= _GIF_WINDOW), offsets, offsets + 1 + data)
+        for _ in range(_GIF_WINDOW.bit_length() - 1):  # 2^rounds >= _GIF_WINDOW hops
+            jump = tf.gather(jump, jump)
+        last = jump[0]
+        ended = (full_run == 0) & tf.equal(data[last], 0)
+        offset = tf.where(full_run > 0, 256 * full_run, tf.cast(last + 1 + data[last], tf.int64))
         next_pos = tf.where(in_data, pos + offset, header_next)
         stop = (~in_data & ~image & ~extension) | (next_pos > length)  # 3B (trailer) or anything unknown
         next_in_data = tf.where(in_data, ~ended, image | extension)
@@ -200,8 +215,9 @@ def image_header(encoded: tf.Tensor) -> tf.Tensor:
     Returns:
         ``[4]`` int64: ``[format, height, width, pixels]``; ``format`` is a ``FORMAT_*`` code (0 = not
         one of JPEG, PNG, GIF, BMP, WebP), ``pixels`` what decoding allocates in pixels (height x width;
-        for GIF the canvas plus every frame). height = width = pixels = 0 when the header is truncated
-        or corrupt, or the format is unknown.
+        for GIF the larger of the canvas and the sum of the frames). height = width = pixels = 0 when the
+        header is truncated or corrupt (GIF: also a walk longer than MAX_GIF_BLOCKS steps), or the
+        format is unknown.
     """
     encoded = tf.convert_to_tensor(encoded, tf.string)
     length = tf.cast(tf.strings.length(encoded), tf.int64)
@@ -234,7 +250,7 @@ def check_image_headers(images: tf.Tensor, max_image_pixels: int, what: str = "i
 
     Args:
         images: ``[B]`` tf.string, encoded images.
-        max_image_pixels: the largest height x width accepted (GIF: canvas + frames).
+        max_image_pixels: the largest height x width accepted (GIF: max(canvas, sum of the frames)).
         what: how the messages name the input (e.g. the signature's input name).
 
     Returns:
@@ -253,7 +269,8 @@ def check_image_headers(images: tf.Tensor, max_image_pixels: int, what: str = "i
              "(by their first bytes):", tf.where(unknown)[:, 0]], summarize=16),
         tf.debugging.Assert(
             ~tf.reduce_any(corrupt),
-            [f"{what}: the image header at these batch positions is truncated or corrupt (no size found):",
+            [f"{what}: the image header at these batch positions is truncated or corrupt (no size found "
+             "within the bounded header walk):",
              tf.where(corrupt)[:, 0]], summarize=16),
         tf.debugging.Assert(
             ~tf.reduce_any(too_big),

@@ -85,6 +85,45 @@ def test_extended_webp_is_really_vp8x():
     assert encoded[12:16] == b"VP8X"  # the case covers the VP8X branch, not VP8 again
 
 
+def _rechunk_gif(gif: bytes, sizes=(1, 7, 255, 3, 255, 255, 2)) -> bytes:
+    """The same GIF with every chain of data sub-blocks re-cut into sub-blocks of the cycling ``sizes``."""
+    packed = gif[10]
+    pos = 13 + (3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0)
+    out = bytearray(gif[:pos])
+    while gif[pos] != 0x3B:
+        if gif[pos] == 0x2C:
+            local = gif[pos + 9]
+            head = 10 + (3 * 2 ** ((local & 7) + 1) if local & 0x80 else 0) + 1  # + LZW code size
+        else:
+            head = 2  # 21, label
+        out += gif[pos:pos + head]
+        pos += head
+        data = bytearray()
+        while gif[pos]:
+            data += gif[pos + 1:pos + 1 + gif[pos]]
+            pos += 1 + gif[pos]
+        pos += 1
+        i = k = 0
+        while i < len(data):
+            n = min(sizes[k % len(sizes)], len(data) - i)
+            out += bytes([n]) + data[i:i + n]
+            i, k = i + n, k + 1
+        out += b"\x00"
+    return bytes(out + b"\x3b")
+
+
+@pytest.mark.parametrize("sizes", [(1,), (1, 7, 255, 3, 255, 255, 2), (255,)])
+def test_gif_with_any_sub_block_sizes(sizes):
+    frames = [_array(40, 300, seed) for seed in range(3)]
+    image_module = pytest.importorskip("PIL.Image")
+    buffer = io.BytesIO()
+    image_module.fromarray(frames[0]).save(buffer, "GIF", save_all=True, duration=50, optimize=False,
+                                           append_images=[image_module.fromarray(f) for f in frames[1:]])
+    gif = _rechunk_gif(buffer.getvalue(), sizes)
+    assert tf.io.decode_image(gif, channels=3).shape == (3, 40, 300, 3)  # still a valid 3-frame GIF
+    assert _read(tf.constant(gif)).numpy().tolist() == [header.FORMAT_GIF, 40, 300, 3 * 40 * 300]
+
+
 def test_animated_gif_counts_every_frame():
     frames = [_array(20, 30, seed) for seed in range(4)]
     image_module = pytest.importorskip("PIL.Image")
