@@ -13,8 +13,8 @@ What is read, per format (the fields the decoders behind ``tf.io.decode_image`` 
   DQT, DHT, ... are skipped by their length) up to the first start-of-frame marker (``SOF0``..``SOF15``
   except DHT, JPG and DAC), which holds height and width (big-endian uint16).
 - GIF: the logical screen (the output canvas) and every image descriptor: giflib reads all frames, and
-  each allocates its own width x height, so the pixels of a GIF are the canvas plus the sum of its
-  frames (the larger of the two is what is compared with the limit). The blocks are walked (a bounded
+  each allocates its own width x height besides the canvas; the larger of the canvas and the sum of
+  the frames is what is compared with the limit. The blocks are walked (a bounded
   ``tf.while_loop``; a step jumps over a run of full 255-byte data sub-blocks, or follows a chain of
   shorter ones through a 1 kB window by pointer doubling, so the cost grows with the file size, not
   with the number of sub-blocks).
@@ -38,7 +38,7 @@ __all__ = ["FORMAT_UNKNOWN", "FORMAT_JPEG", "FORMAT_PNG", "FORMAT_GIF", "FORMAT_
 
 FORMAT_UNKNOWN, FORMAT_JPEG, FORMAT_PNG, FORMAT_GIF, FORMAT_BMP, FORMAT_WEBP = range(6)
 FORMAT_NAMES = ("unknown", "JPEG", "PNG", "GIF", "BMP", "WebP")
-MAX_JPEG_SEGMENTS = 4096  # segments before the frame header; real files have tens (ICC chunks: a few hundred)
+MAX_JPEG_SEGMENTS = 1024  # segments before the frame header; real files have a few tens
 # Loop steps of the GIF walk: a step reads one block header, or jumps over a run of up to _GIF_FULL_RUN
 # full (255-byte) data sub-blocks, or follows a chain of other sub-blocks through _GIF_WINDOW bytes (at
 # least _GIF_WINDOW - 256 bytes of progress), however the data is split. 8192 steps: 4096 frames, or

@@ -161,6 +161,12 @@ def test_jpeg_without_frame_header_is_corrupt():
     jpeg = tf.io.encode_jpeg(_array(8, 8)).numpy()
     sof = jpeg.index(b"\xff\xc0")
     assert _read(tf.constant(jpeg[:sof] + b"\xff\xd9")).numpy().tolist() == [header.FORMAT_JPEG, 0, 0, 0]
+    # Empty comment segments before the frame header: found up to the walk's bound, corrupt beyond it.
+    comments = b"\xff\xfe\x00\x02"
+    n = header.MAX_JPEG_SEGMENTS - 8
+    assert _read(tf.constant(jpeg[:2] + comments * n + jpeg[2:])).numpy().tolist() == [header.FORMAT_JPEG, 8, 8, 64]
+    n = header.MAX_JPEG_SEGMENTS + 1
+    assert _read(tf.constant(jpeg[:2] + comments * n + jpeg[2:])).numpy().tolist() == [header.FORMAT_JPEG, 0, 0, 0]
 
 
 def test_check_refuses_the_batch_naming_positions():
