@@ -32,8 +32,11 @@ def _export(prep: Prepared) -> str:
         raise CliError("--mode=export reads a training checkpoint: pass --model=last or --model=<checkpoint "
                        "prefix>, not a .weights.h5 file.")
     saved_model = importlib.import_module("export.saved_model")
-    path = saved_model.export_from_checkpoint(prep.cfg, prep.weights.path, prep.paths.model_dir,
-                                              prep.args.export_dir)
+    try:
+        path = saved_model.export_from_checkpoint(prep.cfg, prep.weights.path, prep.paths.model_dir,
+                                                  prep.args.export_dir)
+    except saved_model.CheckpointMismatchError as e:
+        raise CliError(str(e)) from None
     if prep.args.verbose:
         print(f"SavedModel: {path} (from {prep.weights.path})", flush=True)
     return path

@@ -10,10 +10,14 @@ second with one clear message. It owns:
 - the run-directory layout (``RunPaths``); ``config.json`` reading/writing and checkpoint lookup come from
   ``mrcnn_tf2.run_dir`` (re-exported here).
 
-Config resolution: ``eval``/``predict``/``export`` start from ``<model_dir>/config.json`` when it exists
-(else from the ``config.json`` of the run that ``--model=PATH`` points into), so the class mapping and
-the architecture match the checkpoint; ``train --model=last`` does too unless ``--config`` is given.
-Otherwise ``--config`` (default ``shapes``). ``--config_override`` and the flags apply on top.
+Config resolution, so that the class mapping and the architecture match the weights:
+
+- ``eval``/``predict``/``export`` with ``--model=PATH``: the ``config.json`` of the run PATH belongs to
+  (beside the checkpoint or ``.weights.h5`` file, or one folder up); without one, ``--config`` must say
+  what the architecture is (a default preset could silently not fit the weights);
+- ``eval``/``predict``/``export`` otherwise, and ``train --model=last`` unless ``--config`` is given:
+  ``<model_dir>/config.json`` when it exists;
+- else ``--config`` (default ``shapes``). ``--config_override`` and the flags apply on top.
 """
 
 from __future__ import annotations
@@ -121,6 +125,18 @@ class Prepared:
     weights: WeightsSource
     config_source: str
     previous_cfg: config_lib.Config | None = None  # <model_dir>/config.json before this run
+
+
+def _weights_run_config(spec: str) -> str:
+    """The run ``config.json`` of ``--model=PATH`` (a .weights.h5 file, a prefix or a folder), '' if none."""
+    if spec.endswith(".h5"):
+        return run_config_path(spec) if os.path.isfile(spec) else ""
+    prefix = find_checkpoint(spec)
+    return run_config_path(prefix) if prefix else ""
+
+
+def _weights_exist(spec: str) -> bool:
+    return os.path.isfile(spec) if spec.endswith(".h5") else find_checkpoint(spec) is not None
 
 
 def _resolve_weights(args: RunArgs, cfg: config_lib.Config, paths: RunPaths) -> WeightsSource:
@@ -261,13 +277,18 @@ def prepare(args: RunArgs) -> Prepared:
 
     base: config_lib.Config | None = None
     source = ""
-    if args.mode != "train" or (args.model == "last" and args.config is None):
+    if args.mode != "train" and args.model not in ("", "last", "none", "imagenet"):
+        beside = _weights_run_config(args.model)  # --model=PATH: the architecture of those weights
+        if beside:
+            base, source = read_config(beside), beside
+        elif args.config is None and _weights_exist(args.model):
+            raise CliError(f"--model={args.model}: there is no config.json beside these weights or one folder up "
+                           f"to tell which architecture they have, so --mode={args.mode} cannot build their model. "
+                           "Pass --config with the preset or config file they were trained with (e.g. "
+                           "--config=shapes), or keep the run's config.json next to its checkpoints/ folder.")
+    elif args.mode != "train" or (args.model == "last" and args.config is None):
         if previous is not None:
             base, source = previous, paths.config
-        elif args.mode != "train" and args.model not in ("", "last", "none", "imagenet"):
-            beside = run_config_path(args.model)
-            if beside:
-                base, source = read_config(beside), beside
     defaulted = base is None and args.config is None
     if base is None:
         name = args.config or DEFAULT_CONFIG

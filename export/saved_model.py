@@ -35,15 +35,19 @@ import tensorflow as tf
 from export.serving import IMAGE_BYTES_SIGNATURE, IMAGE_TENSOR_SIGNATURE, ServingEndpoints
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2.builder import build_model
-from mrcnn_tf2.training import CheckpointKeeper
 
-__all__ = ["SERVING_DEFAULT", "SERVE_IMAGE_TENSOR", "EXTRA_DIR", "next_version", "export_saved_model",
-           "export_from_checkpoint", "weights_bytes", "variables_bytes"]
+__all__ = ["SERVING_DEFAULT", "SERVE_IMAGE_TENSOR", "EXTRA_DIR", "CheckpointMismatchError", "next_version",
+           "export_saved_model", "export_from_checkpoint", "restore_model_strictly", "weights_bytes",
+           "variables_bytes"]
 
 SERVING_DEFAULT = "serving_default"
 SERVE_IMAGE_TENSOR = "serve_image_tensor"
 EXTRA_DIR = "assets.extra"
 _VERSION = re.compile(r"^\d+$")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not hold every model variable (or holds one with another shape)."""
 
 
 def next_version(export_dir: str) -> int:
@@ -88,8 +92,9 @@ def export_saved_model(model: keras.Model, cfg: config_lib.Config, export_dir: s
     Args:
         model: a built ``MaskRCNN`` holding the weights to serve (built from ``cfg``).
         cfg: the resolved config; ``model.image_size``, ``model.pixel_normalization``,
-            ``model.detection.max_detections``, ``model.roi.mask_size`` and ``data.category_ids`` shape
-            the signatures, and the whole config is written to ``assets.extra/config.json``.
+            ``model.detection.max_detections``, ``model.roi.mask_size``, ``data.category_ids`` and
+            ``export.max_image_pixels`` shape the signatures, and the whole config is written to
+            ``assets.extra/config.json``.
         export_dir: the model base path TF Serving watches (created if missing).
 
     Returns:
@@ -98,7 +103,7 @@ def export_saved_model(model: keras.Model, cfg: config_lib.Config, export_dir: s
     """
     m = cfg.model
     endpoints = ServingEndpoints(model, m.image_size, m.pixel_normalization, cfg.data.category_ids,
-                                 m.detection.max_detections, m.roi.mask_size)
+                                 m.detection.max_detections, m.roi.mask_size, cfg.export.max_image_pixels)
     archive = keras.export.ExportArchive()
     # No archive.track(model): see the module docstring (variables stored once, C++ loader works).
     archive.add_endpoint(SERVING_DEFAULT, endpoints.serve_image_bytes, list(IMAGE_BYTES_SIGNATURE))
@@ -125,7 +130,9 @@ def export_saved_model(model: keras.Model, cfg: config_lib.Config, export_dir: s
 def export_from_checkpoint(cfg: config_lib.Config, checkpoint: str, model_dir: str, export_dir: str) -> str:
     """Builds the model from ``cfg``, restores a training checkpoint and exports it.
 
-    Only the model is restored (optimizer slots in the checkpoint are ignored).
+    Only the model is restored (optimizer slots in the checkpoint are ignored), and strictly: every model
+    variable must be in the checkpoint with its shape, so a checkpoint of another architecture is refused
+    instead of exported with some random weights.
 
     Args:
         cfg: the resolved config the checkpoint was trained with.
@@ -139,11 +146,52 @@ def export_from_checkpoint(cfg: config_lib.Config, checkpoint: str, model_dir: s
 
     Raises:
         FileNotFoundError: no checkpoint was found.
+        CheckpointMismatchError: the checkpoint lacks model variables or holds other shapes.
     """
     prefix = _resolve_checkpoint(checkpoint, model_dir)  # before building: fail fast
     model = build_model(cfg)
-    CheckpointKeeper(model_dir, model).restore(prefix, strict=False)
+    restore_model_strictly(model, prefix, cfg.name)
     return export_saved_model(model, cfg, export_dir)
+
+
+def restore_model_strictly(model: keras.Model, prefix: str, config_name: str = "") -> None:
+    """Restores every variable of ``model`` from the checkpoint ``prefix`` (saved as ``Checkpoint(model=...)``).
+
+    Values in the checkpoint that the model does not have (optimizer slots, step counters) are ignored;
+    a model variable that the checkpoint does not hold, or holds with another shape, is an error.
+
+    Raises:
+        CheckpointMismatchError: naming the missing variables (by Keras path) or the shape mismatch.
+    """
+    what = f"the '{config_name}' model" if config_name else "the model"
+    fix = ("The checkpoint was written by a model of another architecture: export with the config it was "
+           "trained with (the run's config.json, or --config).")
+    try:
+        status = tf.train.Checkpoint(model=model).restore(prefix)
+    except ValueError as e:  # a variable of another shape
+        raise CheckpointMismatchError(f"the checkpoint {prefix} does not fit {what}: "
+                                      f"{str(e).splitlines()[0][:300]}. {fix}") from None
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        missing = _unrestored_paths(status, model)
+        detail = (f"{len(missing)} model variables are not in it: {', '.join(missing[:8])}"
+                  + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+                  if missing else str(e).splitlines()[0][:300])
+        raise CheckpointMismatchError(f"the checkpoint {prefix} does not restore every variable of {what} "
+                                      f"({detail}). {fix}") from None
+    status.expect_partial()  # the optimizer's slots and counters stay unread
+
+
+def _unrestored_paths(status, model: keras.Model) -> list[str]:
+    """Paths of the model variables the restore did not bind ([] if TensorFlow's bookkeeping is not there)."""
+    # TensorFlow keeps the bound objects in the load status (not public API); the assertion's own
+    # message lists them too, but with their values.
+    bound = getattr(getattr(status, "_checkpoint", None), "object_by_proto_id", None)
+    if bound is None:
+        return []
+    bound_ids = {id(obj) for obj in bound.values()}
+    return [v.path for v in model.variables if id(v) not in bound_ids]
 
 
 def _resolve_checkpoint(checkpoint: str, model_dir: str) -> str:

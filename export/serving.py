@@ -11,6 +11,11 @@ padded model input back to the caller's frame:
   (``label - 1`` indexes it; empty = labels as they are);
 - rows past ``num_detections`` are zero in every output.
 
+``serving_default`` reads every image's size from its header first (``export/image_header_tf.py``) and
+refuses the whole request with ``INVALID_ARGUMENT`` before decoding anything when an image is not a
+JPEG/PNG/GIF/BMP/WebP file or is larger than ``export.max_image_pixels`` (fixed at export): a small
+compressed file can decode to gigabytes.
+
 Only core TensorFlow ops are used (no ``py_function``, no XLA-only functions): the graph runs in
 TF Serving and in any process that imports nothing but ``tensorflow``.
 
@@ -31,6 +36,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from export.image_header_tf import check_image_headers
 from pipelines.preprocess import preprocess_image
 
 __all__ = ["OUTPUT_KEYS", "IMAGE_BYTES_SIGNATURE", "IMAGE_TENSOR_SIGNATURE", "decode_image",
@@ -43,7 +49,7 @@ IMAGE_TENSOR_SIGNATURE = (tf.TensorSpec([None, None, None, 3], tf.uint8, name="i
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """Decodes one JPEG/PNG/BMP/GIF (first frame) image.
+    """Decodes one JPEG/PNG/BMP/GIF (first frame)/WebP image (check its header first: ``check_image_headers``).
 
     Args:
         encoded: scalar tf.string, the file bytes.
@@ -111,25 +117,36 @@ class ServingEndpoints:
         category_ids: ``cfg.data.category_ids`` (label ``k`` -> ``category_ids[k - 1]``); may be empty.
         max_detections: D (``cfg.model.detection.max_detections``).
         mask_size: M (``cfg.model.roi.mask_size``).
+        max_image_pixels: ``cfg.export.max_image_pixels``: ``serving_default`` refuses encoded images whose
+            header announces more pixels (height x width; GIF: also the sum of its frames).
     """
 
     def __init__(self, model: keras.Model, image_size: int, pixel_normalization: str,
-                 category_ids: Sequence[int], max_detections: int, mask_size: int):
+                 category_ids: Sequence[int], max_detections: int, mask_size: int,
+                 max_image_pixels: int = 40_000_000):
         self.model = model
         self.image_size = int(image_size)
         self.pixel_normalization = pixel_normalization
         self.category_ids = tuple(int(c) for c in category_ids)
         self.max_detections = int(max_detections)
         self.mask_size = int(mask_size)
+        self.max_image_pixels = int(max_image_pixels)
 
     # === Endpoints ===
 
     def serve_image_bytes(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """``serving_default``: images ``[B]`` tf.string of encoded JPEG/PNG/BMP, sizes may differ.
+        """``serving_default``: images ``[B]`` tf.string of encoded JPEG/PNG/GIF/BMP/WebP, sizes may differ.
+
+        Every header is checked before any image is decoded: an unknown format, a corrupt header or more
+        than ``max_image_pixels`` pixels fail the request with ``InvalidArgumentError`` naming the batch
+        positions.
 
         Returns:
             The ``OUTPUT_KEYS`` dict (see the module docstring).
         """
+        check = check_image_headers(images, self.max_image_pixels, what="serving_default images")
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
         return self._detect(images, lambda encoded: self._preprocess(decode_image(encoded)))
 
     def serve_image_tensor(self, images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -25,10 +25,12 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 
 from export import client
+from export import saved_model as saved_model_lib
 from export.saved_model import export_from_checkpoint, export_saved_model, next_version, variables_bytes, weights_bytes
 from mrcnn_tf2 import build_model, config
 from mrcnn_tf2.training import CheckpointKeeper
 from pipelines.preprocess import preprocess_image
+from tests.export.image_files import png_bomb
 
 OUTPUTS = {"num_detections": (tf.int32, 1), "detection_boxes": (tf.float32, 3),
            "detection_classes": (tf.int32, 2), "detection_scores": (tf.float32, 2),
@@ -37,6 +39,7 @@ CATEGORY_IDS = (3, 7, 11)
 SIZES = ((50, 70), (90, 40))  # two images of different sizes (h, w), neither square nor 128 px
 TENSOR_HW = (60, 90)
 PY_FUNC_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+MAX_PIXELS = 6000  # export.max_image_pixels of the export: above every test image (60 x 90 = 5400 the largest)
 
 # One export, one fresh TensorFlow process and a second export: about 45 s on 2 CPU cores.
 pytestmark = pytest.mark.slow
@@ -56,7 +59,8 @@ def exported(tmp_path_factory):
     keras.utils.set_random_seed(0)
     cfg = config.preset("shapes", overrides={"model.detection.score_threshold": 0.0,
                                              "data.category_ids": list(CATEGORY_IDS),
-                                             "data.category_names": ["square", "circle", "triangle"]})
+                                             "data.category_names": ["square", "circle", "triangle"],
+                                             "export.max_image_pixels": MAX_PIXELS})
     model = build_model(cfg)
     rng = np.random.default_rng(1)
     for v in model.non_trainable_variables:  # batch-norm statistics away from their initial values
@@ -145,6 +149,7 @@ def test_graph_holds_only_registered_core_ops(exported):
         assert not function.attr["_XlaMustCompile"].b, f"{function.signature.name} is XLA-compiled"
     ops -= function_names
     assert {"DecodeImage", "NonMaxSuppressionV4", "Conv2D"} <= ops  # the check sees the real graph
+    assert {"Substr", "DecodePaddedRaw", "While"} <= ops  # the header check before decoding
     assert not ops & PY_FUNC_OPS
     unregistered = sorted(op for op in ops if op_def_registry.get(op) is None)
     assert not unregistered, f"ops missing from TensorFlow's registry: {unregistered}"
@@ -319,6 +324,27 @@ def test_corrupt_bytes_raise_invalid_argument(exported, loaded):
     assert signature(images=tf.constant(exported.encoded[:1]))["num_detections"].shape == (1,)
 
 
+def test_images_above_max_image_pixels_are_refused_before_decoding(exported, loaded):
+    signature = loaded.signatures["serving_default"]
+    at_limit = tf.io.encode_png(_image(75, 80, seed=6)).numpy()  # 6000 pixels: accepted
+    assert signature(images=tf.constant([at_limit]))["num_detections"].shape == (1,)
+    above = tf.io.encode_jpeg(_image(80, 76, seed=7)).numpy()  # 6080 pixels
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"max_image_pixels={MAX_PIXELS}"):
+        signature(images=tf.constant([exported.encoded[0], above]))
+
+
+def test_decompression_bomb_is_refused(exported, loaded):
+    # A few kB of PNG whose header says 20000 x 20000 (1.2 GB of RGB once decoded).
+    bomb = png_bomb(20000, 20000)
+    assert len(bomb) < 10_000
+    signature = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"max_image_pixels(.|\n)*20000 20000 400000000"):
+        signature(images=tf.constant([exported.encoded[0], bomb]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG, PNG, GIF, BMP or WebP"):
+        signature(images=tf.constant([b"\xff\x0a" + bomb[2:]]))  # JPEG XL's signature: not accepted
+    assert signature(images=tf.constant(exported.encoded[:1]))["num_detections"].shape == (1,)
+
+
 def test_empty_batch_returns_empty_outputs(exported, loaded):
     d, m = exported.cfg.model.detection.max_detections, exported.cfg.model.roi.mask_size
     expected = {"num_detections": (0,), "detection_boxes": (0, d, 4), "detection_classes": (0, d),
@@ -363,4 +389,22 @@ def test_missing_checkpoint_raises_file_not_found(exported, tmp_path):
         export_from_checkpoint(exported.cfg, "last", str(tmp_path / "empty"), str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*ckpt-99"):
         export_from_checkpoint(exported.cfg, str(tmp_path / "ckpt-99"), str(tmp_path), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"model.roi.mask_head_convs": 1}, r"2 model variables are not in it: mask_rcnn/mask_head/conv_1/kernel, "
+                                       r"mask_rcnn/mask_head/conv_1/bias\)"),
+    ({"model.num_classes": 3, "data.category_ids": [3, 7], "data.category_names": ["a", "b"]},
+     r"does not fit the 'shapes' model: .*shape"),
+])
+def test_checkpoint_of_another_architecture_is_refused(exported, tmp_path, change, expected):
+    """The checkpoint of a model with a shallower mask head (or other classes) must not export half-random."""
+    other = build_model(config.apply_overrides(exported.cfg, change))
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer.build(other.trainable_variables)
+    CheckpointKeeper(str(tmp_path / "other"), other, optimizer).save(3)
+    assert exported.cfg.model.roi.mask_head_convs == 2 and exported.cfg.model.num_classes != 3
+    with pytest.raises(saved_model_lib.CheckpointMismatchError, match=expected):
+        export_from_checkpoint(exported.cfg, "last", str(tmp_path / "other"), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
