@@ -157,6 +157,9 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0 = only at the end
     mixed_precision: str = ""
     jit_compile: bool = False
+    # "decoupled": Keras' w -= lr * wd * w; "coupled": wd * w added to the gradient before momentum
+    # (torch.optim.SGD, torchvision and detectron2 recipes; about 1 / (1 - momentum) stronger).
+    weight_decay_mode: str = "decoupled"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from mrcnn_tf2.config.choices import (
     NORMS,
     PIXEL_NORMALIZATIONS,
     TRAIN_LAYERS,
+    WEIGHT_DECAY_MODES,
 )
 from mrcnn_tf2.config.schema import Config, ConfigError
 
@@ -85,6 +86,8 @@ def validate(cfg: Config) -> Config:
     _check(t.steps >= 0, f"train.steps={t.steps} must be >= 0")
     _check(t.learning_rate > 0, f"train.learning_rate={t.learning_rate} must be > 0")
     _check(t.schedule in LR_SCHEDULES, f"train.schedule='{t.schedule}' is not one of {LR_SCHEDULES}")
+    _check(t.weight_decay_mode in WEIGHT_DECAY_MODES,
+           f"train.weight_decay_mode='{t.weight_decay_mode}' is not one of {WEIGHT_DECAY_MODES}")
     _check(t.mixed_precision in MIXED_PRECISION,
            f"train.mixed_precision='{t.mixed_precision}' is not one of float16, bfloat16 or empty")
     _check(all(0 < f < 1 for f in t.decay_fractions), "train.decay_fractions must lie in (0, 1)")
