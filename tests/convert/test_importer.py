@@ -71,30 +71,27 @@ def test_run_dir_layout_and_values(run_v1, files):
     assert cfg.data.category_names[0] == "person" and cfg.data.category_names[11] == "N/A"  # id 12 is unused
     assert cfg.model.min_size == 128 and cfg.train.weight_decay_mode == "coupled"
 
-    # The checkpoint holds the file's values in our layouts (read back with TF's checkpoint reader).
-    import tensorflow as tf
+    # The checkpoint holds the file's values in our layouts: restore it as eval does and read the variables.
+    from cli.weights import restore_model
+    from mrcnn_tf2 import build_model
 
+    model = build_model(cfg)
+    restore_model(model, prefix)
     sd = torch.load(files["v1"], weights_only=True)
-    reader = tf.train.load_checkpoint(prefix)
-    names = {n.split("/.ATTRIBUTES")[0]: n for n in reader.get_variable_to_shape_map()}
-
-    def value(suffix: str) -> np.ndarray:
-        hits = [full for short, full in names.items() if short.endswith(suffix)]
-        assert len(hits) == 1, (suffix, hits)
-        return reader.get_tensor(hits[0])
-
+    backbone = model.backbone
     w = sd["rpn.head.bbox_pred.weight"].numpy()  # [12, 256, 1, 1], rows a * 4 + (dx, dy, dw, dh)
-    ours = value("rpn_head/deltas/kernel")  # [1, 1, 256, 12], columns a * 4 + (dy, dx, dh, dw)
+    ours = np.asarray(model.rpn_head.deltas.kernel)  # [1, 1, 256, 12], columns a * 4 + (dy, dx, dh, dw)
     np.testing.assert_array_equal(ours[0, 0, :, 4 + 0], w[4 + 1, :, 0, 0])  # anchor 1: dy <- dy
     np.testing.assert_array_equal(ours[0, 0, :, 8 + 3], w[8 + 2, :, 0, 0])  # anchor 2: dw <- dw
     fc6 = sd["roi_heads.box_head.fc6.weight"].numpy()  # [1024, 256 * 7 * 7], input c * 49 + y * 7 + x
-    ours = value("box_head/fc_0/kernel")  # [7 * 7 * 256, 1024], input (y * 7 + x) * 256 + c
+    ours = np.asarray(model.box_head.fc_0.kernel)  # [7 * 7 * 256, 1024], input (y * 7 + x) * 256 + c
     y, x, c = 3, 5, 17
     np.testing.assert_array_equal(ours[(y * 7 + x) * 256 + c], fc6[:, c * 49 + y * 7 + x])
     conv = sd["backbone.body.layer3.0.conv2.weight"].numpy()  # [out, in, kh, kw]
-    np.testing.assert_array_equal(value("conv4_block1_2_conv/kernel"), conv.transpose(2, 3, 1, 0))
+    kernel = np.asarray(backbone.get_layer("conv4_block1_2_conv").kernel)
+    np.testing.assert_array_equal(kernel, conv.transpose(2, 3, 1, 0))
     bn = sd["backbone.body.layer1.0.downsample.1.running_var"].numpy()
-    np.testing.assert_array_equal(value("conv2_block1_0_bn/moving_variance"), bn)
+    np.testing.assert_array_equal(np.asarray(backbone.get_layer("conv2_block1_0_bn").moving_variance), bn)
 
 
 def test_eval_predict_export_accept_the_run_dir(run_v1, tmp_path):
