@@ -52,7 +52,7 @@ def inference_function(model: keras.Model) -> Any:
     proposal layer sizes its top-k from the static anchor count), so callers pad partial batches.
     """
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # short_side mode: every image size differs; trace them as one
     def infer(images, image_info):
         return model(images, image_info, training=False)
 

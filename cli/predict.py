@@ -30,7 +30,7 @@ from cli.weights import load_weights
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, visualize
 from mrcnn_tf2.builder import build_model
-from pipelines.preprocess import preprocess_image
+from pipelines.preprocess import preprocess_image, side_resize
 
 __all__ = ["DRAW_THRESHOLD", "list_images", "load_image", "predict_image", "run"]
 
@@ -68,7 +68,7 @@ def predict_image(infer: Any, image: np.ndarray, cfg: config_lib.Config) -> list
         The detection dicts of the module docstring, best first.
     """
     inputs, info = preprocess_image(tf.convert_to_tensor(image), cfg.model.image_size,
-                                    cfg.model.pixel_normalization)
+                                    cfg.model.pixel_normalization, resize=side_resize(cfg.model))
     outputs = {k: v.numpy() for k, v in infer(inputs[None], info[None]).items()}
     detections = evaluation.detections_to_coco(outputs, info.numpy()[None], np.zeros([1], np.int64),
                                                cfg.data.category_ids)
