@@ -96,3 +96,39 @@ def test_side_resize_from_config():
     assert side_resize(config.preset("shapes").model) is None
     assert side_resize(config.preset("torchvision_r50_fpn").model) == SideResize(800, 1333, 32)
     assert SideResize(800, 1333, 32).max_padded_side == 1344
+
+
+def test_eval_dataset_pads_each_batch_to_its_largest_image(tmp_path):
+    from pipelines import coco
+    from pipelines.example import decode_example, encode_record
+    from pipelines.input_pipeline import build_dataset
+    from tests.pipelines.coco_fixtures import rectangles_dataset, small_config
+
+    ann, image_dir, _ = rectangles_dataset(str(tmp_path), num_images=4)
+    cfg = small_config(ann, image_dir, **{"eval.batch_size": 3, "model.pixel_normalization": "imagenet",
+                                          "model.resize_mode": "short_side", "model.min_size": 48,
+                                          "model.max_size": 80})
+    out = [{k: v.numpy() for k, v in b.items()} for b in build_dataset(cfg, "eval")]
+    assert [len(b["image_id"]) for b in out] == [3, 1]
+    records = coco.load_coco(ann, image_dir).images
+    for batch, first in zip(out, (0, 3)):
+        assert batch["images"].shape[1] % 32 == 0 and batch["images"].shape[2] % 32 == 0
+        for row in range(len(batch["image_id"])):
+            decoded = decode_example({k: tf.constant(v) for k, v in encode_record(records[first + row]).items()})
+            image, info = preprocess_image(decoded["image"], 64, "imagenet", resize=side_resize(cfg.model))
+            np.testing.assert_array_equal(batch["image_info"][row], info.numpy())
+            expected = pad_batch(image[None], tf.constant(batch["images"].shape[1:3]))[0].numpy()
+            np.testing.assert_array_equal(batch["images"][row], expected)
+
+
+def test_config_rules_for_the_side_resize():
+    from mrcnn_tf2 import config
+
+    with pytest.raises(config.ConfigError, match="model.resize_mode"):
+        config.preset("shapes", overrides={"model.resize_mode": "long_side"})
+    with pytest.raises(config.ConfigError, match="model.size_divisibility=48"):
+        config.preset("torchvision_r50_fpn", overrides={"model.size_divisibility": 48})
+    with pytest.raises(config.ConfigError, match="min_size <= max_size"):
+        config.preset("torchvision_r50_fpn", overrides={"model.min_size": 1400})
+    with pytest.raises(config.ConfigError, match="model.fpn_norm"):
+        config.preset("torchvision_r50_fpn", overrides={"model.fpn_norm": "ln"})
