@@ -71,7 +71,8 @@ def predict_image(infer: Any, image: np.ndarray, cfg: config_lib.Config) -> list
                                     cfg.model.pixel_normalization, resize=side_resize(cfg.model))
     outputs = {k: v.numpy() for k, v in infer(inputs[None], info[None]).items()}
     detections = evaluation.detections_to_coco(outputs, info.numpy()[None], np.zeros([1], np.int64),
-                                               cfg.data.category_ids)
+                                               cfg.data.category_ids, category_names=cfg.data.category_names,
+                                               paste_mode=cfg.model.detection.paste_mode)
     names = dict(zip(cfg.data.category_ids, cfg.data.category_names))
     out = []
     for det in detections:
