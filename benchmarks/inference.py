@@ -25,7 +25,7 @@ import common  # noqa: E402  (../shared/bench/common.py: seeded image, timing, R
 import tensorflow as tf  # noqa: E402
 
 from mrcnn_tf2 import build_model, config  # noqa: E402
-from pipelines.preprocess import preprocess_image  # noqa: E402
+from pipelines.preprocess import preprocess_image, side_resize  # noqa: E402
 
 
 def main() -> None:
@@ -47,8 +47,9 @@ def main() -> None:
     cfg = config.preset(args.config, overrides=overrides)
     tf.keras.utils.set_random_seed(0)
     model = build_model(cfg)
+    # short_side presets (torchvision_*) resize the image by its sides, as torchvision's transform does.
     image, info = preprocess_image(tf.constant(common.seeded_image(args.size)), args.size,
-                                   cfg.model.pixel_normalization)
+                                   cfg.model.pixel_normalization, resize=side_resize(cfg.model))
     images, infos = image[None], info[None]
 
     @tf.function(jit_compile=args.jit)

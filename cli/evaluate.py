@@ -27,7 +27,7 @@ from cli.weights import load_weights
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, training, visualize
 from mrcnn_tf2.builder import build_model
-from mrcnn_tf2.ops.mask_ops import paste_masks_numpy
+from mrcnn_tf2.mask_paste import paste_masks
 from pipelines.coco import dataset_paths, ground_truth
 from pipelines.dataset_check import load_checked
 from pipelines.input_pipeline import build_dataset
@@ -53,7 +53,7 @@ def inference_function(model: keras.Model) -> Any:
     proposal layer sizes its top-k from the static anchor count), so callers pad partial batches.
     """
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # short_side mode: every image size differs; trace them as one
     def infer(images, image_info):
         return model(images, image_info, training=False)
 
@@ -78,7 +78,8 @@ def draw_model_input(image: np.ndarray, outputs: dict[str, np.ndarray], index: i
     canvas = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
     n = int(outputs["num_detections"][index])
     boxes = outputs["detection_boxes"][index, :n]
-    masks = paste_masks_numpy(outputs["detection_masks"][index, :n], boxes, canvas.shape[0], canvas.shape[1])
+    masks = paste_masks(outputs["detection_masks"][index, :n], boxes, canvas.shape[0], canvas.shape[1],
+                        mode=cfg.model.detection.paste_mode)
     return visualize.draw_detections(canvas, boxes, outputs["detection_classes"][index, :n],
                                      outputs["detection_scores"][index, :n], masks >= 0.5,
                                      cfg.data.category_names, score_threshold)
@@ -108,7 +109,8 @@ def evaluate_model(model: keras.Model, cfg: config_lib.Config, num_visualization
         An ``EvalRun``; ``metrics`` follows the metrics.json schema with ``checkpoint`` empty.
     """
     dataset = load_checked(cfg, "eval")  # the records build_dataset reads: same images, same instances
-    evaluator = evaluation.CocoEvaluator(ground_truth(dataset), cfg.data.category_ids, cfg.data.category_names)
+    evaluator = evaluation.CocoEvaluator(ground_truth(dataset), cfg.data.category_ids, cfg.data.category_names,
+                                         paste_mode=cfg.model.detection.paste_mode)
     num_batches = math.ceil(len(dataset.images) / cfg.eval.batch_size)
     progbar = keras.utils.Progbar(num_batches, verbose=1 if verbose else 0, unit_name="batch")
     infer = inference_function(model)

@@ -101,6 +101,12 @@ def load_weights(model: keras.Model, source: WeightsSource, cfg: config_lib.Conf
     if source.kind == "none":
         return "weights: random initialization (--model=none)"
     if source.kind == "imagenet":
+        if not (cfg.model.resnet_stride_in_1x1 and cfg.model.backbone_conv_bias):
+            raise CliError("--model=imagenet loads keras.applications weights (stride on the 1x1 conv, conv biases) "
+                           "but this config builds torchvision's ResNet layout (model.resnet_stride_in_1x1=false, "
+                           "model.backbone_conv_bias=false). Import torchvision weights with `python -m "
+                           "mrcnn_tf2.convert torchvision --weights FILE.pth --variant v1|v2 --model_dir DIR` and "
+                           "pass --model=DIR/checkpoints/ckpt-0, or train from scratch with --model=none.")
         load_backbone_weights(model.backbone, cfg.model.backbone, "imagenet")
         return f"weights: ImageNet {cfg.model.backbone} backbone; FPN and heads randomly initialized"
     source_cfg = read_config(source.source_config) if source.source_config else None

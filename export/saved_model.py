@@ -35,6 +35,7 @@ import tensorflow as tf
 from export.serving import IMAGE_BYTES_SIGNATURE, IMAGE_TENSOR_SIGNATURE, ServingEndpoints
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2.builder import build_model
+from pipelines.preprocess import side_resize
 
 __all__ = ["SERVING_DEFAULT", "SERVE_IMAGE_TENSOR", "EXTRA_DIR", "CheckpointMismatchError", "next_version",
            "export_saved_model", "export_from_checkpoint", "restore_model_strictly", "weights_bytes",
@@ -103,7 +104,8 @@ def export_saved_model(model: keras.Model, cfg: config_lib.Config, export_dir: s
     """
     m = cfg.model
     endpoints = ServingEndpoints(model, m.image_size, m.pixel_normalization, cfg.data.category_ids,
-                                 m.detection.max_detections, m.roi.mask_size, cfg.export.max_image_pixels)
+                                 m.detection.max_detections, m.roi.mask_size, cfg.export.max_image_pixels,
+                                 resize=side_resize(m))
     archive = keras.export.ExportArchive()
     # No archive.track(model): see the module docstring (variables stored once, C++ loader works).
     archive.add_endpoint(SERVING_DEFAULT, endpoints.serve_image_bytes, list(IMAGE_BYTES_SIGNATURE))

@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 
 from export.image_header_tf import check_image_headers
-from pipelines.preprocess import preprocess_image
+from pipelines.preprocess import SideResize, pad_batch, preprocess_image
 
 __all__ = ["OUTPUT_KEYS", "IMAGE_BYTES_SIGNATURE", "IMAGE_TENSOR_SIGNATURE", "decode_image",
            "detections_to_original", "ServingEndpoints"]
@@ -119,12 +119,15 @@ class ServingEndpoints:
         mask_size: M (``cfg.model.roi.mask_size``).
         max_image_pixels: ``cfg.export.max_image_pixels``: ``serving_default`` refuses encoded images whose
             header announces more pixels (height x width; GIF: also the sum of its frames).
+        resize: ``preprocess.side_resize(cfg.model)``: None (square S x S input) or torchvision's resize by
+            side; then the batch is padded to its largest image, each side a multiple of size_divisibility.
     """
 
     def __init__(self, model: keras.Model, image_size: int, pixel_normalization: str,
                  category_ids: Sequence[int], max_detections: int, mask_size: int,
-                 max_image_pixels: int = 40_000_000):
+                 max_image_pixels: int = 40_000_000, resize: SideResize | None = None):
         self.model = model
+        self.resize = resize
         self.image_size = int(image_size)
         self.pixel_normalization = pixel_normalization
         self.category_ids = tuple(int(c) for c in category_ids)
@@ -164,10 +167,14 @@ class ServingEndpoints:
         check = tf.debugging.assert_positive(tf.shape(image)[:2], message="images must be at least 1 x 1 pixels")
         with tf.control_dependencies([check]):
             image = tf.identity(image)
-        return preprocess_image(image, self.image_size, self.pixel_normalization)
+        image, info = preprocess_image(image, self.image_size, self.pixel_normalization, resize=self.resize)
+        if self.resize is not None:  # a common canvas for map_fn; _detect crops the batch to its content
+            side = self.resize.max_padded_side
+            image = tf.ensure_shape(pad_batch(image[None], tf.constant([side, side]))[0], [side, side, 3])
+        return image, info
 
     def _detect(self, images: tf.Tensor, preprocess_one) -> dict[str, tf.Tensor]:
-        size = self.image_size
+        size = self.image_size if self.resize is None else self.resize.max_padded_side
         batch = tf.shape(images)[0]
 
         def run() -> dict[str, tf.Tensor]:
@@ -175,6 +182,10 @@ class ServingEndpoints:
                 preprocess_one, images,
                 fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32),
                                      tf.TensorSpec([4, 2], tf.float32)))
+            if self.resize is not None:  # as torchvision batches: the largest image, sides rounded up
+                div = self.resize.size_divisibility
+                content = tf.cast(tf.reduce_max(image_info[:, 1, :], axis=0), tf.int32)
+                model_images = pad_batch(model_images, (content + div - 1) // div * div)
             detections = self.model(model_images, image_info, training=False)
             return detections_to_original(detections, image_info, self.category_ids)
 

@@ -32,27 +32,37 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
     config_lib.validate(cfg)
     m = cfg.model
     size = m.image_size
-    backbone = build_backbone(m.backbone, norm=m.norm, train_layers=m.train_layers, image_size=size,
-                              gn_groups=m.gn_groups)
+    short_side = m.resize_mode == "short_side"
+    # Clip windows come from image_info; this only bounds them: the largest padded input side.
+    clip_bound = max(size, -(-m.max_size // m.size_divisibility) * m.size_divisibility) if short_side else size
+    backbone = build_backbone(m.backbone, norm=m.norm, train_layers=m.train_layers,
+                              image_size=None if short_side else size, gn_groups=m.gn_groups,
+                              **_resnet_options(m))
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = m.bn_momentum
+    fpn_norm = m.fpn_norm or ("gn" if m.norm == "gn" else "none")
     fpn = FPN(min_level=m.min_level, max_level=m.max_level, num_channels=m.fpn_channels,
-              norm="gn" if m.norm == "gn" else None, gn_groups=m.gn_groups, name="fpn")
+              norm=None if fpn_norm == "none" else fpn_norm, gn_groups=m.gn_groups, name="fpn")
     rpn_head = RPNHead(num_anchors=len(m.aspect_ratios), num_channels=m.fpn_channels,
                        num_convs=m.rpn.head_convs, name="rpn_head")
     proposals_train = ProposalGenerator(m.rpn.pre_nms_topk_train, m.rpn.post_nms_topk_train,
-                                        m.rpn.nms_iou_threshold, m.rpn.min_box_size, size, name="proposals_train")
+                                        m.rpn.nms_iou_threshold, m.rpn.min_box_size, size,
+                                        sigmoid_scores=m.rpn.sigmoid_scores, name="proposals_train")
     proposals_test = ProposalGenerator(m.rpn.pre_nms_topk_test, m.rpn.post_nms_topk_test,
-                                       m.rpn.nms_iou_threshold, m.rpn.min_box_size, size, name="proposals_test")
+                                       m.rpn.nms_iou_threshold, m.rpn.min_box_size, clip_bound,
+                                       sigmoid_scores=m.rpn.sigmoid_scores, name="proposals_test")
     roi_sampler = ROISampler(m.roi.rois_per_image, m.roi.positive_fraction, m.roi.fg_iou_threshold,
                              m.roi.bg_iou_threshold, m.roi.box_weights, name="roi_sampler")
-    box_head = BoxHead(m.num_classes, fc_dim=m.roi.box_head_dim, name="box_head")
+    box_head = BoxHead(m.num_classes, fc_dim=m.roi.box_head_dim, num_fcs=m.roi.box_head_fcs,
+                       num_convs=m.roi.box_head_convs, conv_dim=m.fpn_channels, norm=m.roi.head_norm,
+                       norm_momentum=m.bn_momentum, name="box_head")
     mask_head = MaskHead(m.num_classes, num_convs=m.roi.mask_head_convs, num_channels=m.roi.mask_head_channels,
-                         name="mask_head")
+                         norm=m.roi.head_norm, norm_momentum=m.bn_momentum, name="mask_head")
     detection_generator = DetectionGenerator(m.detection.max_detections, m.detection.score_threshold,
                                              m.detection.nms_iou_threshold, m.detection.pre_nms_topk,
-                                             m.roi.box_weights, size, name="detection_generator")
+                                             m.roi.box_weights, clip_bound,
+                                             min_box_size=m.detection.min_box_size, name="detection_generator")
     model = MaskRCNN(
         backbone, fpn, rpn_head, proposals_train, proposals_test, roi_sampler, box_head, mask_head,
         detection_generator, image_size=size, min_level=m.min_level, max_level=m.max_level,
@@ -61,10 +71,20 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
         rpn_anchors_per_image=m.rpn.anchors_per_image, rpn_positive_fraction=m.rpn.positive_fraction,
         box_pool_size=m.roi.box_pool_size, mask_pool_size=m.roi.mask_pool_size,
         canonical_size=m.roi.canonical_size, canonical_level=m.roi.canonical_level,
-        loss_weights=cfg.train.loss_weights, clip_norm=cfg.train.clip_norm, name="mask_rcnn")
+        loss_weights=cfg.train.loss_weights, clip_norm=cfg.train.clip_norm, anchor_offset=m.anchor_offset,
+        anchor_rounding=m.anchor_rounding, roi_align_aligned=m.roi.roi_align_aligned,
+        roi_sampling_ratio=m.roi.sampling_ratio, roi_level_eps=m.roi.level_eps, name="mask_rcnn")
     if build:
         build_variables(model)
     return model
+
+
+def _resnet_options(m: config_lib.ModelConfig) -> dict:
+    """The ResNet layout options of build_backbone (none for other backbones)."""
+    if not m.backbone.startswith("resnet"):
+        return {}
+    return {"stride_in_1x1": m.resnet_stride_in_1x1, "conv_bias": m.backbone_conv_bias,
+            "bn_epsilon": m.backbone_norm_epsilon}
 
 
 def build_variables(model: MaskRCNN) -> None:

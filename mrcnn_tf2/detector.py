@@ -39,7 +39,8 @@ from pycocotools import mask as mask_util
 
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import run_dir, visualize
-from mrcnn_tf2.ops.mask_ops import paste_masks_numpy
+from mrcnn_tf2.coco_categories import NO_CATEGORY
+from mrcnn_tf2.mask_paste import paste_masks
 
 __all__ = ["ImageError", "Detection", "Detector", "ModelServe", "default_preprocess", "load_image",
            "model_outputs_to_original"]
@@ -201,9 +202,10 @@ def default_preprocess(image: tf.Tensor, cfg: config_lib.Config) -> tuple[tf.Ten
     Returns:
         ``image [H, W, 3]`` float32 (normalized, zero padding) and ``image_info [4, 2]`` float32.
     """
-    from pipelines.preprocess import preprocess_image
+    from pipelines.preprocess import preprocess_image, side_resize
 
-    return preprocess_image(image, cfg.model.image_size, cfg.model.pixel_normalization)
+    return preprocess_image(image, cfg.model.image_size, cfg.model.pixel_normalization,
+                            resize=side_resize(cfg.model))
 
 
 def model_outputs_to_original(outputs: Mapping[str, np.ndarray], image_info: np.ndarray,
@@ -338,6 +340,8 @@ class Detector:
         self.batch_size = int(batch_size)
         self.config = config
         self.source = source
+        # How box-relative masks are pasted: the model's rule (torchvision presets: torchvision's).
+        self.paste_mode = config.model.detection.paste_mode if config is not None else "box"
         self._label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
 
     # --- constructors ---
@@ -470,13 +474,15 @@ class Detector:
         if unknown:
             raise ValueError(f"{self.source}: detection classes {unknown} are not among the category ids "
                              f"{list(self.category_ids)}")
+        names = {c: n for c, n in zip(self.category_ids, self.category_names)}
+        real = np.array([names[int(c)] != NO_CATEGORY for c in ids], bool)  # torchvision's unused COCO ids
+        scores, boxes, ids, box_masks = scores[real], boxes[real], ids[real], box_masks[real]
         height, width = image.shape[:2]
         masks = np.zeros((len(ids), height, width), np.float32 if return_probabilities else bool)
         for start in range(0, len(ids), _PASTE_CHUNK):
-            pasted = paste_masks_numpy(box_masks[start:start + _PASTE_CHUNK], boxes[start:start + _PASTE_CHUNK],
-                                       height, width)
+            pasted = paste_masks(box_masks[start:start + _PASTE_CHUNK], boxes[start:start + _PASTE_CHUNK],
+                                 height, width, mode=self.paste_mode)
             masks[start:start + _PASTE_CHUNK] = pasted if return_probabilities else pasted >= mask_threshold
-        names = {c: n for c, n in zip(self.category_ids, self.category_names)}
         return Detection(boxes=boxes, scores=scores, category_ids=ids,
                          category_names=tuple(names[int(c)] for c in ids), masks=masks,
                          labels=np.array([self._label_of[int(c)] for c in ids], np.int64),

@@ -2,8 +2,10 @@
 
 This module owns the edge between the model frame and the dataset frame for evaluation and results
 files: boxes go from model-input pixels back to original-image pixels, contiguous labels ``1..K`` go
-back to dataset category ids, and box-relative masks are pasted into the original image and RLE-encoded.
-It runs in NumPy and pycocotools, never inside a graph.
+back to dataset category ids, and box-relative masks are pasted into the original image (by the config's
+``model.detection.paste_mode``, ``mrcnn_tf2.mask_paste``) and RLE-encoded. Labels whose category name is
+``coco_categories.NO_CATEGORY`` ("N/A": outputs of torchvision's 91-way COCO models that belong to no
+category) are skipped. It runs in NumPy and pycocotools, never inside a graph, and imports no TensorFlow.
 
 Output of ``CocoEvaluator.evaluate`` (the ``metrics.json`` schema of DESIGN.md section 4)::
 
@@ -27,18 +29,14 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mrcnn_tf2.coco_categories import is_real_category
+from mrcnn_tf2.mask_paste import paste_masks
+
 __all__ = ["METRIC_KEYS", "detections_to_coco", "CocoEvaluator", "format_metrics"]
 
 # Keys of each iou type's section, in the order of COCOeval.stats[0:6].
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _PASTE_CHUNK = 16  # detections pasted at once; bounds memory at 16 * H * W floats
-
-
-def _paste_masks(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``mrcnn_tf2.ops.mask_ops.paste_masks_numpy``, imported on first use (it imports TensorFlow)."""
-    from mrcnn_tf2.ops.mask_ops import paste_masks_numpy
-
-    return paste_masks_numpy(masks, boxes, height, width)
 
 
 def _to_numpy(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -50,7 +48,9 @@ def _to_numpy(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def detections_to_coco(outputs: Mapping[str, np.ndarray], image_info: np.ndarray, image_ids: np.ndarray,
-                       category_ids: Sequence[int], mask_threshold: float = 0.5) -> list[dict[str, Any]]:
+                       category_ids: Sequence[int], mask_threshold: float = 0.5,
+                       category_names: Sequence[str] | None = None, paste_mode: str = "box"
+                       ) -> list[dict[str, Any]]:
     """Converts a batch of model detections to COCO result dicts in original-image pixels.
 
     Args:
@@ -64,6 +64,9 @@ def detections_to_coco(outputs: Mapping[str, np.ndarray], image_info: np.ndarray
         image_ids: [B] int dataset image ids; a negative id marks a padding image and is skipped.
         category_ids: label i (1..K) becomes ``category_ids[i - 1]``.
         mask_threshold: pasted probabilities ``>= mask_threshold`` are foreground.
+        category_names: names in the order of ``category_ids``; detections of labels named "N/A"
+            (``coco_categories.NO_CATEGORY``) are left out. None keeps every label.
+        paste_mode: ``"box"`` or ``"torchvision"`` (``model.detection.paste_mode``).
 
     Returns:
         One dict per detection: ``{"image_id": int, "category_id": int, "bbox": [x, y, w, h]`` original
@@ -76,6 +79,9 @@ def detections_to_coco(outputs: Mapping[str, np.ndarray], image_info: np.ndarray
     image_info = np.asarray(image_info, np.float64)
     image_ids = np.asarray(image_ids).reshape(-1)
     category_ids = [int(c) for c in category_ids]
+    real = np.array([True] + [is_real_category(str(n)) for n in (category_names or ["" for _ in category_ids])])
+    if len(real) != len(category_ids) + 1:
+        raise ValueError(f"got {len(category_ids)} category ids but {len(real) - 1} category names")
     results: list[dict[str, Any]] = []
     for b, image_id in enumerate(image_ids):
         n = int(out["num_detections"][b])
@@ -90,12 +96,16 @@ def detections_to_coco(outputs: Mapping[str, np.ndarray], image_info: np.ndarray
         if labels.min() < 1 or labels.max() > len(category_ids):
             raise ValueError(f"image {image_id}: detection labels {labels.tolist()} "
                              f"outside 1..{len(category_ids)}")
-        scores = out["detection_scores"][b, :n]
-        masks = out["detection_masks"][b, :n].astype(np.float32)
+        keep = real[labels]
+        boxes, labels = boxes[keep], labels[keep]
+        scores = out["detection_scores"][b, :n][keep]
+        masks = out["detection_masks"][b, :n][keep].astype(np.float32)
+        n = len(labels)
         rles: list[dict[str, Any]] = []
         for start in range(0, n, _PASTE_CHUNK):
             stop = min(start + _PASTE_CHUNK, n)
-            pasted = _paste_masks(masks[start:stop], boxes[start:stop].astype(np.float32), height, width)
+            pasted = paste_masks(masks[start:stop], boxes[start:stop].astype(np.float32), height, width,
+                                 mode=paste_mode)
             binary = np.asfortranarray((pasted >= mask_threshold).transpose(1, 2, 0).astype(np.uint8))
             rles.extend(mask_util.encode(binary))
         for box, label, score, rle in zip(boxes, labels, scores, rles):
@@ -118,7 +128,8 @@ class CocoEvaluator:
     ``pipelines.coco.ground_truth(dataset)``: the instances that training uses, after the same checks
     (pycocotools itself fails on 2-point polygons, 4-number polygons read as boxes, missing ``area`` or
     ``iscrowd``), so any dataset that trains also evaluates. Only the images passed to ``update`` are
-    evaluated (``params.imgIds``), over the categories of ``category_ids``. Crowd ground truth
+    evaluated (``params.imgIds``), over the categories of ``category_ids`` (less the "N/A"
+    placeholders of torchvision's 91-way labels). Crowd ground truth
     (``iscrowd=1``) is handled by pycocotools: detections matched to it are neither true nor false
     positives.
 
@@ -133,7 +144,7 @@ class CocoEvaluator:
     """
 
     def __init__(self, ground_truth: str | Mapping[str, Any], category_ids: Sequence[int],
-                 category_names: Sequence[str], mask_threshold: float = 0.5):
+                 category_names: Sequence[str], mask_threshold: float = 0.5, paste_mode: str = "box"):
         if len(category_ids) != len(category_names) or not category_ids:
             raise ValueError(f"need as many category ids as names (and at least one), got "
                              f"{len(category_ids)} ids and {len(category_names)} names")
@@ -150,6 +161,7 @@ class CocoEvaluator:
         self.category_ids = [int(c) for c in category_ids]
         self.category_names = [str(n) for n in category_names]
         self.mask_threshold = mask_threshold
+        self.paste_mode = paste_mode
         self._known_ids = set(self.coco_gt.getImgIds())
         self._seen: list[int] = []
         self._seen_set: set[int] = set()
@@ -187,7 +199,8 @@ class CocoEvaluator:
                 self._seen.append(int(i))
                 self._seen_set.add(int(i))
         self._results.extend(detections_to_coco(outputs, image_info, np.array(keep, np.int64),
-                                                self.category_ids, self.mask_threshold))
+                                                self.category_ids, self.mask_threshold,
+                                                self.category_names, self.paste_mode))
 
     def _load_results(self, iou_type: str) -> COCO:
         if not self._results:  # COCO.loadRes fails on an empty list: an empty results set instead
@@ -208,7 +221,8 @@ class CocoEvaluator:
     def _run(self, iou_type: str) -> tuple[dict[str, float], dict[int, float]]:
         coco_eval = COCOeval(self.coco_gt, self._load_results(iou_type), iouType=iou_type)
         coco_eval.params.imgIds = sorted(self._seen)
-        coco_eval.params.catIds = sorted(self.category_ids)
+        coco_eval.params.catIds = sorted(c for c, name in zip(self.category_ids, self.category_names)
+                                         if is_real_category(name))
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
             coco_eval.evaluate()
@@ -239,7 +253,7 @@ class CocoEvaluator:
         bbox, bbox_per_class = self._run("bbox")
         segm, segm_per_class = self._run("segm")
         per_class = {name: {"bbox_AP": bbox_per_class[cat_id], "segm_AP": segm_per_class[cat_id]}
-                     for cat_id, name in zip(self.category_ids, self.category_names)}
+                     for cat_id, name in zip(self.category_ids, self.category_names) if is_real_category(name)}
         return {"bbox": bbox, "segm": segm, "per_class": per_class, "num_images": len(self._seen),
                 "checkpoint": ""}
 

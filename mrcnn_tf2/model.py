@@ -62,7 +62,9 @@ class MaskRCNN(keras.Model):
                  rpn_anchors_per_image: int = 256, rpn_positive_fraction: float = 0.5,
                  box_pool_size: int = 7, mask_pool_size: int = 14, canonical_size: float = 224.0,
                  canonical_level: int = 4, loss_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0),
-                 clip_norm: float = 10.0, **kwargs):
+                 clip_norm: float = 10.0, anchor_offset: float = 0.5, anchor_rounding: bool = False,
+                 roi_align_aligned: bool = True, roi_sampling_ratio: int = 2, roi_level_eps: float = 1e-5,
+                 **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.fpn = fpn
@@ -90,15 +92,38 @@ class MaskRCNN(keras.Model):
         if len(self.loss_weights) != len(LOSS_KEYS):
             raise ValueError(f"loss_weights needs {len(LOSS_KEYS)} values ({', '.join(LOSS_KEYS)})")
         self.clip_norm = clip_norm
+        self.anchor_offset = float(anchor_offset)
+        self.roi_align_aligned = bool(roi_align_aligned)
+        self.roi_sampling_ratio = int(roi_sampling_ratio)
+        self.roi_level_eps = float(roi_level_eps)
+        self.anchor_rounding = bool(anchor_rounding)
+        # Training runs on the static S x S canvas: its anchors are constants. Inference builds them from
+        # the feature grids it actually gets (`_grid_anchors`), so any padded size works.
         anchors = anchors_lib.generate_anchors(self.image_size, self.min_level, self.max_level,
-                                               self.anchor_sizes, self.aspect_ratios)
+                                               self.anchor_sizes, self.aspect_ratios, self.anchor_offset,
+                                               self.anchor_rounding)
         self._anchors_np = {level: np.asarray(a, np.float32) for level, a in anchors.items()}
         self.trackers = [keras.metrics.Mean(name=k) for k in ("loss",) + LOSS_KEYS + ("grad_norm",)]
 
     # === Inference ===
 
     def _anchors(self) -> dict[int, tf.Tensor]:
+        """Anchors of the square S x S training canvas, {level: [N_l, 4]} constants."""
         return {level: tf.constant(a) for level, a in self._anchors_np.items()}
+
+    def _grid_anchors(self, images: tf.Tensor, features: Mapping[int, tf.Tensor]) -> dict[int, tf.Tensor]:
+        """Anchors for the feature grids of this batch (any padded H x W), {level: [H_l * W_l * A, 4]}."""
+        sizes = [self.anchor_sizes[level - self.min_level] for level in sorted(features)]
+        return anchors_lib.grid_anchors(tf.shape(images)[1:3], {lv: tf.shape(x)[1:3] for lv, x in features.items()},
+                                        sizes, self.aspect_ratios, self.anchor_offset, self.anchor_rounding)
+
+    @staticmethod
+    def _clip_window(images: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
+        """image_info with row 1 (scaled h, w: the clip window) bounded by the padded input size."""
+        image_info = tf.cast(image_info, tf.float32)
+        padded_hw = tf.cast(tf.shape(images)[1:3], tf.float32)
+        window = tf.minimum(image_info[:, 1, :], padded_hw[None, :])
+        return tf.concat([image_info[:, :1], window[:, None, :], image_info[:, 2:]], axis=1)
 
     def _features(self, images: tf.Tensor, training: bool) -> dict[int, tf.Tensor]:
         return self.fpn(self.backbone(images, training=training), training=training)
@@ -106,17 +131,26 @@ class MaskRCNN(keras.Model):
     def _roi_align(self, features: Mapping[int, tf.Tensor], boxes: tf.Tensor, size: int) -> tf.Tensor:
         # ROIs are pooled from P2-P5 as in the FPN paper (detectron2, torchvision); P6 only feeds the RPN.
         pooled = {level: x for level, x in features.items() if level <= ROI_MAX_LEVEL}
-        return roi_align.multilevel_roi_align(pooled, boxes, size, canonical_size=self.canonical_size,
-                                              canonical_level=self.canonical_level)
+        return roi_align.multilevel_roi_align(pooled, boxes, size, self.roi_sampling_ratio,
+                                              canonical_size=self.canonical_size,
+                                              canonical_level=self.canonical_level,
+                                              aligned=self.roi_align_aligned, level_eps=self.roi_level_eps)
 
     def call(self, images: tf.Tensor, image_info: tf.Tensor | None = None, training: bool = False
              ) -> dict[str, tf.Tensor]:
-        """Inference. images [B, S, S, 3] float32 normalised; image_info [B, 4, 2] (default: no resize)."""
+        """Inference. images [B, H, W, 3] float32 normalised, any padded H x W (square S x S for the
+        square resize mode); image_info [B, 4, 2] (default: the whole input is image, no resize).
+        Proposals and detections are clipped to each image's scaled size (image_info row 1)."""
         if image_info is None:
-            image_info = default_image_info(tf.shape(images)[0], self.image_size)
+            shape = tf.shape(images)
+            hw = tf.cast(shape[1:3], tf.float32)
+            info = tf.stack([hw, hw, tf.ones([2]), tf.zeros([2])])
+            image_info = tf.tile(info[None], [shape[0], 1, 1])
+        image_info = self._clip_window(images, image_info)
         features = self._features(images, training=False)
         rpn_logits, rpn_deltas = self.rpn_head(features)
-        rois, _, roi_valid = self.proposals_test(rpn_logits, rpn_deltas, self._anchors(), image_info)
+        anchors = self._grid_anchors(images, features)
+        rois, _, roi_valid = self.proposals_test(rpn_logits, rpn_deltas, anchors, image_info)
         class_logits, box_deltas = self.box_head(self._roi_align(features, rois, self.box_pool_size))
         detections = self.detection_generator(class_logits, box_deltas, rois, roi_valid, image_info)
         mask_features = self._roi_align(features, detections["detection_boxes"], self.mask_pool_size)
@@ -160,7 +194,8 @@ class MaskRCNN(keras.Model):
 
         # Stage 2: box head on sampled ROIs.
         sample = self.roi_sampler(rois, roi_valid, gt_boxes, gt_classes)
-        class_logits, box_deltas = self.box_head(self._roi_align(features, sample["rois"], self.box_pool_size))
+        class_logits, box_deltas = self.box_head(self._roi_align(features, sample["rois"], self.box_pool_size),
+                                                 training=training)
         losses.update(losses_lib.box_head_losses(class_logits, box_deltas, sample["classes"],
                                                  sample["box_targets"], sample["valid"]))
 
@@ -175,7 +210,8 @@ class MaskRCNN(keras.Model):
         mask_rois = sample["rois"][:, :num_mask]
         mask_positive = sample["positive"][:, :num_mask]
         mask_classes = tf.maximum(sample["classes"][:, :num_mask], 0)
-        mask_logits = self.mask_head(self._roi_align(features, mask_rois, self.mask_pool_size), mask_classes)
+        mask_logits = self.mask_head(self._roi_align(features, mask_rois, self.mask_pool_size), mask_classes,
+                                     training=training)
         mask_target = targets.mask_targets(gt_masks, gt_boxes, mask_rois, sample["matched_gt"][:, :num_mask],
                                            mask_logits.shape[-1])
         losses.update(losses_lib.mask_loss(mask_logits, mask_target, mask_positive))
@@ -279,7 +315,10 @@ class MaskRCNN(keras.Model):
                   "rpn_positive_fraction": self.rpn_positive_fraction,
                   "box_pool_size": self.box_pool_size, "mask_pool_size": self.mask_pool_size,
                   "canonical_size": self.canonical_size, "canonical_level": self.canonical_level,
-                  "loss_weights": list(self.loss_weights), "clip_norm": self.clip_norm}
+                  "loss_weights": list(self.loss_weights), "clip_norm": self.clip_norm,
+                  "anchor_offset": self.anchor_offset, "anchor_rounding": self.anchor_rounding,
+                  "roi_align_aligned": self.roi_align_aligned, "roi_sampling_ratio": self.roi_sampling_ratio,
+                  "roi_level_eps": self.roi_level_eps}
         for name in _SUBLAYERS:
             config[name] = keras.saving.serialize_keras_object(getattr(self, name))
         return config

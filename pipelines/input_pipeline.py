@@ -43,7 +43,7 @@ from pipelines.coco import DatasetError, dataset_paths
 from pipelines.dataset_check import load_checked
 from pipelines.example import FEATURE_SPEC, decode_example, encode_record, parse_example
 from pipelines.mask_to_box import mask_to_box, pack_instances
-from pipelines.preprocess import build_image_info, preprocess_image, resize_and_pad
+from pipelines.preprocess import SideResize, build_image_info, preprocess_image, resize_and_pad, side_resize
 from pipelines.tfrecord import INFO_FILE, list_tfrecord_files, read_dataset_info
 
 __all__ = ["MODES", "make_example", "build_dataset"]
@@ -53,8 +53,8 @@ _AUTOTUNE = tf.data.AUTOTUNE
 
 
 def make_example(decoded: Mapping[str, tf.Tensor], *, image_size: int, pixel_normalization: str,
-                 max_instances: int, mask_size: int, aug: Any = None, seed: tf.Tensor | None = None
-                 ) -> dict[str, tf.Tensor]:
+                 max_instances: int, mask_size: int, aug: Any = None, seed: tf.Tensor | None = None,
+                 resize: SideResize | None = None) -> dict[str, tf.Tensor]:
     """One model example from a decoded image and its masks (pure TF, for ``Dataset.map``).
 
     Args:
@@ -67,6 +67,8 @@ def make_example(decoded: Mapping[str, tf.Tensor], *, image_size: int, pixel_nor
         aug: an ``AugmentConfig``, or ``None`` for none (then the image path is exactly
             ``preprocess.preprocess_image``).
         seed: ``[2]`` int, this example's augmentation seed (required with ``aug``).
+        resize: without ``aug`` only: torchvision's resize by side (``model.resize_mode="short_side"``); the
+            image is then ``[H, W, 3]`` with each side padded on its own (batch with ``padded_batch``).
 
     Returns:
         The unbatched batch-contract dict (module docstring) without the leading B.
@@ -74,7 +76,7 @@ def make_example(decoded: Mapping[str, tf.Tensor], *, image_size: int, pixel_nor
     image, masks, classes = decoded["image"], decoded["masks"], decoded["classes"]
     original_hw = tf.shape(image)[:2]
     if aug is None:
-        images, image_info = preprocess_image(image, image_size, pixel_normalization)
+        images, image_info = preprocess_image(image, image_size, pixel_normalization, resize=resize)
         scale_yx = image_info[2]
     else:
         if seed is None:
@@ -253,8 +255,11 @@ def build_dataset(cfg: Any, mode: str, input_context: tf.distribute.InputContext
         ds = ds.map(train_map, num_parallel_calls=parallel)
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
-        ds = ds.map(lambda x: make_example(decode_example(x), **example_args), num_parallel_calls=parallel)
-        ds = ds.batch(batch_size, drop_remainder=False)
+        resize = side_resize(cfg.model)
+        ds = ds.map(lambda x: make_example(decode_example(x), resize=resize, **example_args),
+                    num_parallel_calls=parallel)
+        # Non-square inputs (short_side mode) are zero-padded at the bottom/right to the batch's largest.
+        ds = ds.padded_batch(batch_size) if resize is not None else ds.batch(batch_size, drop_remainder=False)
     options = tf.data.Options()
     # Parallelism comes from the parallel map; one thread per op avoids oversubscribing the cores
     # that the training step also uses.

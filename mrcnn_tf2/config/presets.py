@@ -71,9 +71,55 @@ def _shapes() -> Config:
     )
 
 
+def _torchvision(v2: bool) -> Config:
+    """torchvision's maskrcnn_resnet50_fpn (v1) / maskrcnn_resnet50_fpn_v2 (v2) at inference.
+
+    ResNet-50 with the stride on the 3x3 convs, no conv biases, frozen batch norm (eps 0 for the v1 COCO
+    file, whose loader sets it so; 1e-5 for v2, a BatchNorm2d in eval mode); FPN P2-P6 (P6 = stride-2
+    max-pool of P5; v2 with batch norm, trainable like torchvision's); anchors 32..512 x (0.5, 1, 2),
+    rounded, offset 0; RPN with sigmoid scores, min_size 1e-3, per-level top-k and NMS; ImageNet mean/std
+    on RGB in [0, 1], short side 800 / long side 1333, each side padded to 32; 91 outputs (label i = COCO
+    category id i). The training canvas (model.image_size) stays square.
+    """
+    return Config(
+        name="torchvision_r50_fpn_v2" if v2 else "torchvision_r50_fpn",
+        model=ModelConfig(
+            backbone="resnet50",
+            norm="frozen_bn",
+            train_layers="3+",  # torchvision's trainable_backbone_layers=3: stem and res2 frozen
+            image_size=1024,
+            num_classes=91,
+            pixel_normalization="imagenet",
+            rpn=RPNConfig(head_convs=2 if v2 else 1, min_box_size=1e-3, sigmoid_scores=True),
+            # ROIAlign sampling_ratio=2, aligned=False and torchvision's LevelMapper; v2: 4conv1fc box head
+            # and mask head with batch norm.
+            roi=ROIConfig(roi_align_aligned=False, sampling_ratio=2, level_eps=1e-6,
+                          box_head_convs=4 if v2 else 0, box_head_fcs=1 if v2 else 2,
+                          head_norm="bn" if v2 else "none"),
+            # Every (ROI, class) candidate with score > 0.05 and sides >= 1e-2 enters per-class NMS 0.5.
+            detection=DetectionConfig(max_detections=100, score_threshold=0.05, nms_iou_threshold=0.5,
+                                      pre_nms_topk=0, min_box_size=1e-2, paste_mode="torchvision"),
+            resize_mode="short_side",
+            min_size=800,
+            max_size=1333,
+            size_divisibility=32,
+            resnet_stride_in_1x1=False,
+            backbone_conv_bias=False,
+            backbone_norm_epsilon=1e-5 if v2 else 0.0,
+            fpn_norm="bn" if v2 else "none",  # torchvision v2: BatchNorm2d (eval: moving statistics, eps 1e-5)
+            anchor_offset=0.0,
+            anchor_rounding=True,
+        ),
+        data=DataConfig(data_dir="data/coco"),
+        train=TrainConfig(weight_decay_mode="coupled"),
+    )
+
+
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "shapes": _shapes,
     "coco_r50_fpn": lambda: _coco("resnet50"),
     "coco_r101_fpn": lambda: _coco("resnet101"),
+    "torchvision_r50_fpn": lambda: _torchvision(v2=False),
+    "torchvision_r50_fpn_v2": lambda: _torchvision(v2=True),
 }
 

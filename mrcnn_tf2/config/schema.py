@@ -29,6 +29,9 @@ class RPNConfig:
     nms_iou_threshold: float = 0.7
     min_box_size: float = 0.0  # pixels; smaller proposals get score -inf
     head_convs: int = 1
+    # Rank and NMS proposals by sigmoid(objectness) after the per-level top-k (torchvision) instead of
+    # by the logits: the same order except where float32 sigmoids tie.
+    sigmoid_scores: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,16 @@ class ROIConfig:
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     canonical_size: float = 224.0
     canonical_level: int = 4
+    # ROIAlign: half-pixel aligned (detectron2) or torchvision's aligned=False (no shift, boxes >= 1 cell);
+    # level_eps is the FPN level mapper's epsilon before the floor (torchvision's LevelMapper: 1e-6).
+    roi_align_aligned: bool = True
+    sampling_ratio: int = 2
+    level_eps: float = 1e-5
+    # Box head: box_head_convs 3x3 convs (4 for "4conv1fc", torchvision v2) before box_head_fcs FCs;
+    # head_norm (choices.HEAD_NORMS) follows every box and mask head conv.
+    box_head_convs: int = 0
+    box_head_fcs: int = 2
+    head_norm: str = "none"
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,9 @@ class DetectionConfig:
     max_detections: int = 100
     score_threshold: float = 0.05
     nms_iou_threshold: float = 0.5
-    pre_nms_topk: int = 1000  # candidates (class, box) per image before NMS
+    pre_nms_topk: int = 1000  # candidates (class, box) per image before NMS; 0 = all (torchvision)
+    min_box_size: float = 0.0  # pixels; detections with a smaller side are dropped (torchvision: 1e-2)
+    paste_mode: str = "box"  # host-side mask pasting, choices.PASTE_MODES (mrcnn_tf2/mask_paste.py)
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,22 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: ROIConfig = field(default_factory=ROIConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    # Inference resize (eval, predict, export): "square" = long side to image_size on an S x S canvas;
+    # "short_side" = torchvision's rule: scale = min(min_size / short, max_size / long), floor, each side
+    # zero-padded to a multiple of size_divisibility (non-square model input). Training stays square.
+    resize_mode: str = "square"
+    min_size: int = 800
+    max_size: int = 1333
+    size_divisibility: int = 32
+    # ResNet layout: stride on the first 1x1 conv (keras.applications, caffe) or on the 3x3 (torchvision).
+    resnet_stride_in_1x1: bool = True
+    backbone_conv_bias: bool = True  # keras.applications ResNets have conv biases, torchvision's none
+    backbone_norm_epsilon: float = 1.001e-5  # backbone batch-norm epsilon (torchvision 1e-5; 0 for its v1 COCO file)
+    fpn_norm: str = ""  # one of choices.FPN_NORMS
+    # Anchors: centre of cell i at (i + anchor_offset) * stride; anchor_rounding rounds each cell anchor's
+    # corners to integers (torchvision: offset 0, rounded).
+    anchor_offset: float = 0.5
+    anchor_rounding: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +191,9 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0 = only at the end
     mixed_precision: str = ""
     jit_compile: bool = False
+    # "decoupled": Keras' w -= lr * wd * w; "coupled": wd * w added to the gradient before momentum
+    # (torch.optim.SGD, torchvision and detectron2 recipes; about 1 / (1 - momentum) stronger).
+    weight_decay_mode: str = "decoupled"
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,16 @@ import math
 from mrcnn_tf2.config.choices import (
     BACKBONES,
     BAD_IMAGES,
+    FPN_NORMS,
+    HEAD_NORMS,
     LR_SCHEDULES,
     MIXED_PRECISION,
     NORMS,
+    PASTE_MODES,
     PIXEL_NORMALIZATIONS,
+    RESIZE_MODES,
     TRAIN_LAYERS,
+    WEIGHT_DECAY_MODES,
 )
 from mrcnn_tf2.config.schema import Config, ConfigError
 
@@ -54,7 +59,23 @@ def validate(cfg: Config) -> Config:
             f"model.image_size={m.image_size} must be a multiple of 2^max_level = {multiple} "
             f"(the image is halved {m.max_level} times for FPN level P{m.max_level}); "
             f"the nearest valid sizes are {lower} and {upper}")
-    if m.norm == "gn":
+    _check(m.resize_mode in RESIZE_MODES, f"model.resize_mode='{m.resize_mode}' is not one of {RESIZE_MODES}")
+    if m.resize_mode == "short_side":
+        # image_size above is the square training canvas; inference follows the actual image sides.
+        _check(0 < m.min_size <= m.max_size,
+               f"model.min_size={m.min_size}, model.max_size={m.max_size}: need 0 < min_size <= max_size")
+        backbone_stride = 2 ** min(m.max_level, 5)
+        _check(m.size_divisibility > 0 and m.size_divisibility % backbone_stride == 0,
+               f"model.size_divisibility={m.size_divisibility} must be a positive multiple of "
+               f"{backbone_stride} (the stride of the coarsest backbone feature), e.g. 32")
+    _check(m.fpn_norm in FPN_NORMS, f"model.fpn_norm='{m.fpn_norm}' is not one of {FPN_NORMS}")
+    _check(m.backbone_norm_epsilon >= 0, f"model.backbone_norm_epsilon={m.backbone_norm_epsilon} must be >= 0")
+    _check(0 <= m.anchor_offset < 1, f"model.anchor_offset={m.anchor_offset} must be in [0, 1)")
+    if m.backbone == "mobilenetv3":
+        _check(m.resnet_stride_in_1x1 and m.backbone_conv_bias,
+               "model.resnet_stride_in_1x1 and model.backbone_conv_bias apply to ResNets only; keep them true "
+               "for mobilenetv3")
+    if m.norm == "gn" or m.fpn_norm == "gn":
         _check(m.fpn_channels % m.gn_groups == 0,
                f"model.fpn_channels={m.fpn_channels} must be divisible by model.gn_groups={m.gn_groups}")
     _check(0 <= m.bn_momentum < 1, f"model.bn_momentum={m.bn_momentum} must be in [0, 1)")
@@ -79,6 +100,14 @@ def validate(cfg: Config) -> Config:
         _check(value >= 1, f"{key}={value} must be >= 1")
     _check(0 < r.positive_fraction <= 1 and 0 < roi.positive_fraction <= 1,
            "positive_fraction must be in (0, 1]")
+    _check(roi.head_norm in HEAD_NORMS, f"model.roi.head_norm='{roi.head_norm}' is not one of {HEAD_NORMS}")
+    _check(det.paste_mode in PASTE_MODES,
+           f"model.detection.paste_mode='{det.paste_mode}' is not one of {PASTE_MODES}")
+    _check(roi.sampling_ratio >= 1, f"model.roi.sampling_ratio={roi.sampling_ratio} must be >= 1")
+    _check(roi.box_head_fcs >= 1 and roi.box_head_convs >= 0,
+           f"model.roi: box_head_fcs={roi.box_head_fcs} must be >= 1 and box_head_convs={roi.box_head_convs} >= 0")
+    _check(det.pre_nms_topk >= 0,
+           f"model.detection.pre_nms_topk={det.pre_nms_topk} must be >= 0 (0 = every candidate)")
     _check(roi.mask_size == 2 * roi.mask_pool_size,
            f"model.roi.mask_size={roi.mask_size} must be 2 * model.roi.mask_pool_size "
            f"({2 * roi.mask_pool_size}): the mask head upsamples once")
@@ -86,6 +115,8 @@ def validate(cfg: Config) -> Config:
     _check(t.steps >= 0, f"train.steps={t.steps} must be >= 0")
     _check(t.learning_rate > 0, f"train.learning_rate={t.learning_rate} must be > 0")
     _check(t.schedule in LR_SCHEDULES, f"train.schedule='{t.schedule}' is not one of {LR_SCHEDULES}")
+    _check(t.weight_decay_mode in WEIGHT_DECAY_MODES,
+           f"train.weight_decay_mode='{t.weight_decay_mode}' is not one of {WEIGHT_DECAY_MODES}")
     _check(t.mixed_precision in MIXED_PRECISION,
            f"train.mixed_precision='{t.mixed_precision}' is not one of float16, bfloat16 or empty")
     _check(all(0 < f < 1 for f in t.decay_fractions), "train.decay_fractions must lie in (0, 1)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import typing
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -83,6 +84,9 @@ def build_backbone(
     train_layers: str = "all",
     image_size: int | None = None,
     gn_groups: int = 32,
+    stride_in_1x1: bool = True,
+    conv_bias: bool = True,
+    bn_epsilon: float = 1.001e-5,
 ) -> keras.Model:
     """Builds a backbone with randomly initialized weights (see :func:`load_backbone_weights`).
 
@@ -95,6 +99,12 @@ def build_backbone(
         image_size: static square input size (a multiple of 32), or None for any size that is a
             multiple of 32.
         gn_groups: groups of each GroupNormalization (``norm="gn"``).
+        stride_in_1x1: ResNet only: the stride of a downsampling block sits on its first 1x1 convolution
+            (keras.applications, caffe) or, when False, on its 3x3 convolution (torchvision, "ResNet v1.5";
+            the 3x3 then pads 1 pixel on every side, as torch does, instead of Keras' asymmetric "same").
+        conv_bias: ResNet only: convolutions carry a bias (keras.applications) or not (torchvision).
+        bn_epsilon: ResNet only: batch-norm variance epsilon (keras.applications 1.001e-5, torchvision
+            1e-5; its v1 COCO checkpoint uses 0). Group norm always uses 1e-5.
 
     Returns:
         A functional ``keras.Model`` taking ``images [B, H, W, 3] float32`` (normalized as described in
@@ -115,23 +125,35 @@ def build_backbone(
     if name == "mobilenetv3":
         model = _build_mobilenetv3(norm, train_layers, image_size)
     else:
-        model = _build_resnet(name, norm, train_layers, image_size, gn_groups)
+        model = _build_resnet(name, norm, train_layers, image_size, gn_groups,
+                              _ResNetLayout(stride_in_1x1, conv_bias, bn_epsilon))
     model.feature_channels = BACKBONE_CHANNELS[name]
     model.feature_strides = FEATURE_STRIDES
     return model
 
 
 # --------------------------------------------------------------------------------------------
-# ResNet (v1, strides on the first 1x1 convolution as in keras.applications / caffe)
+# ResNet (v1; strides on the first 1x1 convolution as in keras.applications / caffe, or on the 3x3 as in
+# torchvision)
+
+
+class _ResNetLayout(typing.NamedTuple):
+    stride_in_1x1: bool = True
+    conv_bias: bool = True
+    bn_epsilon: float = 1.001e-5
+
+
+_KERAS_LAYOUT = _ResNetLayout()
 
 
 def _conv_norm(x: keras.KerasTensor, filters: int, kernel: int, stride: int, prefix: str, norm: str,
-               gn_groups: int, padding: str = "valid", zero_gamma: bool = False) -> keras.KerasTensor:
+               gn_groups: int, padding: str = "valid", zero_gamma: bool = False,
+               layout: _ResNetLayout = _KERAS_LAYOUT) -> keras.KerasTensor:
     """Conv2D ``{prefix}_conv`` then the norm layer ``{prefix}_bn`` / ``{prefix}_gn``."""
     conv_cls = FoldingConv2D if norm == "frozen_bn" else keras.layers.Conv2D
     conv = conv_cls(filters, kernel, strides=stride, padding=padding, kernel_initializer="he_normal",
-                    name=f"{prefix}_conv")
-    epsilon = 1e-5 if norm == "gn" else 1.001e-5  # keras.applications' batch-norm epsilon
+                    use_bias=layout.conv_bias, name=f"{prefix}_conv")
+    epsilon = 1e-5 if norm == "gn" else layout.bn_epsilon
     normalize = norm_layer(norm, prefix, channels=filters, gn_groups=gn_groups, epsilon=epsilon,
                            gamma_initializer="zeros" if zero_gamma else "ones")
     if norm == "frozen_bn":
@@ -140,27 +162,33 @@ def _conv_norm(x: keras.KerasTensor, filters: int, kernel: int, stride: int, pre
 
 
 def _bottleneck(x: keras.KerasTensor, filters: int, stride: int, shortcut_conv: bool, prefix: str,
-                norm: str, gn_groups: int) -> keras.KerasTensor:
-    """Bottleneck block: 1x1 (stride) -> 3x3 -> 1x1 (4 * filters), plus a (projected) shortcut."""
+                norm: str, gn_groups: int, layout: _ResNetLayout = _KERAS_LAYOUT) -> keras.KerasTensor:
+    """Bottleneck block: 1x1 -> 3x3 -> 1x1 (4 * filters), plus a (projected) shortcut; the stride sits on
+    the first 1x1 (``layout.stride_in_1x1``) or on the 3x3."""
     # From scratch, a zero scale on the branch's last norm starts each block as the identity.
     zero_gamma = norm != "frozen_bn"
+    stride_1x1, stride_3x3 = (stride, 1) if layout.stride_in_1x1 else (1, stride)
     shortcut = x
     if shortcut_conv:
-        shortcut = _conv_norm(x, 4 * filters, 1, stride, f"{prefix}_0", norm, gn_groups)
-    y = _conv_norm(x, filters, 1, stride, f"{prefix}_1", norm, gn_groups)
+        shortcut = _conv_norm(x, 4 * filters, 1, stride, f"{prefix}_0", norm, gn_groups, layout=layout)
+    y = _conv_norm(x, filters, 1, stride_1x1, f"{prefix}_1", norm, gn_groups, layout=layout)
     y = keras.layers.Activation("relu", name=f"{prefix}_1_relu")(y)
-    y = _conv_norm(y, filters, 3, 1, f"{prefix}_2", norm, gn_groups, padding="same")
+    if stride_3x3 == 1:
+        y = _conv_norm(y, filters, 3, 1, f"{prefix}_2", norm, gn_groups, padding="same", layout=layout)
+    else:  # Keras' "same" pads strided convs asymmetrically (0 before, 1 after); torch pads 1 on both sides
+        y = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name=f"{prefix}_2_pad")(y)
+        y = _conv_norm(y, filters, 3, stride_3x3, f"{prefix}_2", norm, gn_groups, layout=layout)
     y = keras.layers.Activation("relu", name=f"{prefix}_2_relu")(y)
-    y = _conv_norm(y, 4 * filters, 1, 1, f"{prefix}_3", norm, gn_groups, zero_gamma=zero_gamma)
+    y = _conv_norm(y, 4 * filters, 1, 1, f"{prefix}_3", norm, gn_groups, zero_gamma=zero_gamma, layout=layout)
     y = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
     return keras.layers.Activation("relu", name=f"{prefix}_out")(y)
 
 
 def _build_resnet(name: str, norm: str, train_layers: str, image_size: int | None,
-                  gn_groups: int) -> keras.Model:
+                  gn_groups: int, layout: _ResNetLayout = _KERAS_LAYOUT) -> keras.Model:
     images = keras.Input(shape=(image_size, image_size, 3), name="images")
     x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), name="conv1_pad")(images)
-    x = _conv_norm(x, 64, 7, 2, "conv1", norm, gn_groups)
+    x = _conv_norm(x, 64, 7, 2, "conv1", norm, gn_groups, layout=layout)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)  # stride 4
@@ -168,7 +196,7 @@ def _build_resnet(name: str, norm: str, train_layers: str, image_size: int | Non
     for stage, (filters, blocks) in enumerate(zip((64, 128, 256, 512), _RESNET_BLOCKS[name]), start=2):
         for block in range(1, blocks + 1):
             stride = 2 if block == 1 and stage > 2 else 1
-            x = _bottleneck(x, filters, stride, block == 1, f"conv{stage}_block{block}", norm, gn_groups)
+            x = _bottleneck(x, filters, stride, block == 1, f"conv{stage}_block{block}", norm, gn_groups, layout)
         features.append(x)  # C2..C5, strides 4..32
     model = keras.Model(images, features, name=name)
     first_trainable = _FIRST_TRAINABLE_STAGE[train_layers]

@@ -24,6 +24,8 @@ from mrcnn_tf2.layers.norm import norm_layer
 
 __all__ = ["FPN"]
 
+_NORMS = (None, "gn", "bn", "frozen_bn")
+
 
 @keras.saving.register_keras_serializable(package="mrcnn_tf2")
 class FPN(keras.layers.Layer):
@@ -36,8 +38,9 @@ class FPN(keras.layers.Layer):
         num_channels: channels of every output level.
         backbone_min_level: level of the first backbone feature in the input list (2 for C2).
         backbone_max_level: level of the last backbone feature (5 for C5).
-        norm: None, or ``"gn"`` for GroupNormalization after every convolution (convolutions then
-            have no bias).
+        norm: None, or a norm after every convolution (convolutions then have no bias): ``"gn"``
+            (GroupNormalization), ``"bn"`` (trainable batch norm) or ``"frozen_bn"`` (batch norm with
+            frozen statistics; torchvision's v2 FPN is ``norm_layer=BatchNorm2d``, eps 1e-5).
         gn_groups: groups of each GroupNormalization.
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype, trainable).
     """
@@ -58,8 +61,8 @@ class FPN(keras.layers.Layer):
             raise ValueError(
                 f"FPN levels: need backbone_min_level ({backbone_min_level}) <= min_level ({min_level}) "
                 f"<= max_level ({max_level}) and min_level <= backbone_max_level ({backbone_max_level})")
-        if norm not in (None, "gn"):
-            raise ValueError(f"FPN norm must be None or 'gn', got {norm!r}")
+        if norm not in _NORMS:
+            raise ValueError(f"FPN norm must be one of {_NORMS}, got {norm!r}")
         if norm == "gn" and num_channels % gn_groups:
             raise ValueError(f"FPN num_channels={num_channels} must be divisible by gn_groups={gn_groups}")
         self.min_level = min_level
@@ -78,19 +81,19 @@ class FPN(keras.layers.Layer):
                 prefix = f"{kind}_p{level}"
                 setattr(self, f"{prefix}_conv", keras.layers.Conv2D(
                     num_channels, kernel, padding="same", use_bias=norm is None, name=f"{prefix}_conv"))
-                if norm == "gn":
-                    setattr(self, f"{prefix}_gn", norm_layer("gn", prefix, channels=num_channels,
-                                                            gn_groups=gn_groups))
+                if norm is not None:
+                    layer = norm_layer(norm, prefix, channels=num_channels, gn_groups=gn_groups)
+                    setattr(self, layer.name, layer)
         # Nearest-neighbour upsampling; a layer, so it also works for unknown H and W.
         self._upsample = keras.layers.UpSampling2D(2, interpolation="nearest", name="upsample")
         self._pool = keras.layers.MaxPooling2D(pool_size=1, strides=2, padding="valid", name="pool")
 
     def _conv_norm(self, kind: str, level: int) -> list[keras.layers.Layer]:
-        """The sublayers of ``{kind}_p{level}``: [conv] or [conv, group norm]."""
+        """The sublayers of ``{kind}_p{level}``: [conv] or [conv, norm]."""
         prefix = f"{kind}_p{level}"
         layers = [getattr(self, f"{prefix}_conv")]
-        if self.norm == "gn":
-            layers.append(getattr(self, f"{prefix}_gn"))
+        if self.norm is not None:
+            layers.append(getattr(self, f"{prefix}_{'gn' if self.norm == 'gn' else 'bn'}"))
         return layers
 
     @staticmethod
@@ -117,7 +120,7 @@ class FPN(keras.layers.Layer):
                 layer.build(lateral_shape)
         self.built = True
 
-    def call(self, features: Sequence[tf.Tensor]) -> dict[int, tf.Tensor]:
+    def call(self, features: Sequence[tf.Tensor], training: bool | None = None) -> dict[int, tf.Tensor]:
         """Builds the pyramid.
 
         Args:

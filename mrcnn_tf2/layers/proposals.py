@@ -5,7 +5,13 @@ P = post_nms_topk proposals per image.
 
 Per level: top-k by objectness, decode against the anchors, clip to the image, drop tiny boxes,
 NMS; then the best P over all levels. Output shapes are static; rows past the valid ones are
-zero boxes with ``valid = False``.
+zero boxes with ``valid = False``. This is torchvision's ``RegionProposalNetwork.filter_proposals``
+(per-level top-k, clip, ``remove_small_boxes``, ``batched_nms`` by level, the best P overall); with
+``sigmoid_scores`` the candidates are ranked by ``sigmoid(logit)`` after the top-k as there, which only
+differs from ranking by logits where float32 sigmoids tie. Small boxes are those with a side
+``< min_box_size`` when it is positive (torchvision's ``>=`` keep rule) and zero-size ones otherwise.
+When the anchor count of a level is not static (non-square inputs of unknown size) the level is padded
+with invalid candidates up to ``pre_nms_topk``, so the shapes stay static.
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ class ProposalGenerator(keras.layers.Layer):
       post_nms_topk: P, proposals kept per image after NMS over all levels.
       nms_iou_threshold: IoU above which a lower-scored proposal is suppressed.
       min_box_size: proposals with height or width below this (pixels) are dropped.
-      image_size: side of the padded square model input (boxes are clipped to it too).
+      image_size: upper bound of the clip window (the largest padded model-input side); the window of
+        each image is its scaled size from ``image_info``.
+      sigmoid_scores: rank, NMS and return ``sigmoid(logit)`` instead of the logit (torchvision).
     """
 
     def __init__(self, pre_nms_topk: int = 1000, post_nms_topk: int = 1000, nms_iou_threshold: float = 0.7,
-                 min_box_size: float = 0.0, image_size: int = 1024, **kwargs):
+                 min_box_size: float = 0.0, image_size: int = 1024, sigmoid_scores: bool = False, **kwargs):
         # Box decoding, matching, top-k and NMS stay float32 under a mixed-precision policy.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
@@ -42,6 +50,7 @@ class ProposalGenerator(keras.layers.Layer):
         self.nms_iou_threshold = nms_iou_threshold
         self.min_box_size = min_box_size
         self.image_size = image_size
+        self.sigmoid_scores = bool(sigmoid_scores)
 
     def call(self, objectness_logits: Mapping[int, tf.Tensor], deltas: Mapping[int, tf.Tensor],
              anchors: Mapping[int, tf.Tensor], image_info: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -51,28 +60,43 @@ class ProposalGenerator(keras.layers.Layer):
           objectness_logits: {level: [B, N_l]} float32.
           deltas: {level: [B, N_l, 4]} float32 (dy, dx, dh, dw), RPN weights (1, 1, 1, 1).
           anchors: {level: [N_l, 4]} float32 yxyx pixels.
-          image_info: [B, 4, 2]; row 1 (scaled height, width) bounds the valid image area.
+          image_info: [B, 4, 2]; row 1 (scaled height, width) is the clip window of each image
+            (torchvision clips to the resized image before padding).
 
         Returns:
           proposals: [B, P, 4] float32 yxyx pixels (zero rows where invalid),
-          scores: [B, P] float32 objectness logits (_NEG where invalid),
+          scores: [B, P] float32 objectness logits, or probabilities with ``sigmoid_scores``
+            (_NEG where invalid),
           valid: [B, P] bool.
         """
         image_hw = tf.minimum(tf.cast(image_info[:, 1, :], tf.float32), float(self.image_size))  # [B, 2]
         level_boxes, level_scores = [], []
         for level in sorted(objectness_logits):
             logits = objectness_logits[level]
-            num_anchors = logits.shape[1] if logits.shape[1] is not None else tf.shape(logits)[1]
-            k = min(self.pre_nms_topk, num_anchors) if isinstance(num_anchors, int) else self.pre_nms_topk
+            level_deltas, level_anchors = deltas[level], anchors[level]
+            num_anchors = logits.shape[1]
+            if num_anchors is None:  # unknown grid size: pad to pre_nms_topk with invalid candidates
+                pad = tf.maximum(self.pre_nms_topk - tf.shape(logits)[1], 0)
+                logits = tf.pad(logits, [[0, 0], [0, pad]], constant_values=_NEG)
+                level_deltas = tf.pad(level_deltas, [[0, 0], [0, pad], [0, 0]])
+                level_anchors = tf.pad(level_anchors, [[0, pad], [0, 0]])
+                num_anchors = self.pre_nms_topk
+            k = min(self.pre_nms_topk, num_anchors)
             scores, top = tf.math.top_k(logits, k=k, sorted=True)  # [B, k]
-            top_deltas = tf.gather(deltas[level], top, batch_dims=1)  # [B, k, 4]
-            top_anchors = tf.gather(anchors[level], top)  # [B, k, 4]
+            padded = scores <= _NEG / 2
+            top_deltas = tf.gather(level_deltas, top, batch_dims=1)  # [B, k, 4]
+            top_anchors = tf.gather(level_anchors, top)  # [B, k, 4]
             boxes = box_ops.decode_boxes(top_deltas, top_anchors)
             boxes = box_ops.clip_boxes(boxes, image_hw)
             heights = boxes[..., 2] - boxes[..., 0]
             widths = boxes[..., 3] - boxes[..., 1]
-            keep = (heights > self.min_box_size) & (widths > self.min_box_size)
-            scores = tf.where(keep, scores, _NEG)
+            if self.min_box_size > 0:
+                keep = (heights >= self.min_box_size) & (widths >= self.min_box_size)
+            else:
+                keep = (heights > 0) & (widths > 0)
+            if self.sigmoid_scores:
+                scores = tf.sigmoid(scores)
+            scores = tf.where(keep & ~padded, scores, _NEG)
             max_out = min(self.post_nms_topk, k)
             idx, num_valid = nms.nms_padded(boxes, scores, max_out, self.nms_iou_threshold,
                                             score_threshold=_NEG / 2)
@@ -98,5 +122,5 @@ class ProposalGenerator(keras.layers.Layer):
         config = super().get_config()
         config.update(pre_nms_topk=self.pre_nms_topk, post_nms_topk=self.post_nms_topk,
                       nms_iou_threshold=self.nms_iou_threshold, min_box_size=self.min_box_size,
-                      image_size=self.image_size)
+                      image_size=self.image_size, sigmoid_scores=self.sigmoid_scores)
         return config

@@ -56,7 +56,10 @@ class RPNHead(keras.layers.Layer):
 
         Returns:
           (objectness_logits {level: [B, N_l]}, deltas {level: [B, N_l, 4]} as (dy, dx, dh, dw)),
-          anchor order (y, x, anchor) as in `ops.anchors.generate_anchors`; float32.
+          anchor order (y, x, anchor) as in `ops.anchors.generate_anchors`; float32. Channel a of the
+          objectness conv and channels 4a..4a+3 of the delta conv belong to anchor a of a location, the
+          layout of torchvision's RPNHead after its (N, A, C, H, W) -> (N, H, W, A, C) permute (its
+          deltas are ordered (dx, dy, dw, dh): an importer swaps the pairs).
         """
         logits, deltas = {}, {}
         for level, x in features.items():
@@ -65,10 +68,14 @@ class RPNHead(keras.layers.Layer):
             objectness = tf.cast(self.objectness(x), tf.float32)
             # [B, H, W, A] -> [B, H*W*A]; [B, H, W, 4A] -> [B, H*W*A, 4]. The anchor count stays static
             # even when the batch size is unknown (serving signatures): proposals need it for top-k.
+            # Non-square inputs of unknown size: the anchor count is dynamic (proposals pad it).
             h, w = objectness.shape[1], objectness.shape[2]
-            num = h * w * self.num_anchors if h is not None and w is not None else -1
-            logits[level] = tf.reshape(objectness, [-1, num])
-            deltas[level] = tf.reshape(tf.cast(self.deltas(x), tf.float32), [-1, num, 4])
+            if h is not None and w is not None:
+                batch, num = -1, h * w * self.num_anchors
+            else:
+                batch, num = tf.shape(objectness)[0], -1
+            logits[level] = tf.reshape(objectness, [batch, num])
+            deltas[level] = tf.reshape(tf.cast(self.deltas(x), tf.float32), [batch, num, 4])
         return logits, deltas
 
     def get_config(self) -> dict:

@@ -9,13 +9,15 @@ centre); inside points are bilinearly interpolated with coordinates clamped to `
 (edge cells extend to the box border), outside points are 0. Values are not thresholded.
 
 Shape shorthand: B images, G ground-truth instances (padded), R ROIs, S ground-truth mask size,
-P output size, N masks to paste, M mask size.
+P output size, N masks to paste, M mask size. ``paste_masks_numpy`` (re-exported) is the host-side
+twin of :func:`paste_masks`, in ``mrcnn_tf2.mask_paste`` with torchvision's pasting rule.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
+
+from mrcnn_tf2.mask_paste import paste_masks_numpy  # the NumPy twin lives in a TF-free module
 
 __all__ = ["mask_targets", "paste_masks", "paste_masks_numpy"]
 
@@ -130,48 +132,3 @@ def paste_masks(masks: tf.Tensor, boxes: tf.Tensor, height: int, width: int) -> 
     cols = (wx_low[..., None] * tf.one_hot(x_low, mask_size)
             + wx_high[..., None] * tf.one_hot(x_high, mask_size))  # [N, W, M]
     return tf.matmul(tf.matmul(rows, masks), cols, transpose_b=True)
-
-
-def _axis_numpy(points: np.ndarray, start: float, end: float, cells: int):
-    inside = ((points >= start) & (points < end)).astype(np.float32)
-    coord = (points - start) / max(end - start, _MIN_SIZE) * cells - 0.5
-    coord = np.clip(coord, 0.0, cells - 1.0)
-    low = np.floor(coord)
-    high = np.minimum(low + 1.0, cells - 1.0)
-    frac = (coord - low).astype(np.float32)
-    return low.astype(np.int64), high.astype(np.int64), (1.0 - frac) * inside, frac * inside
-
-
-def paste_masks_numpy(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """NumPy twin of :func:`paste_masks` for host-side evaluation (same rule, same results).
-
-    Only the pixels under each box are computed: 100 masks of 28 x 28 pasted into 640 x 480 take about
-    0.08 s on one CPU core, most of it filling the 123 MB output.
-
-    Args:
-        masks: ``[N, M, M]`` box-relative probabilities.
-        boxes: ``[N, 4]`` y1x1y2x2 pixels of the target image.
-        height: output image height.
-        width: output image width.
-
-    Returns:
-        ``[N, height, width]`` float32 probabilities.
-    """
-    masks = np.asarray(masks, np.float32)
-    boxes = np.asarray(boxes, np.float64)
-    num, mask_size = masks.shape[0], masks.shape[-1]
-    out = np.zeros((num, height, width), np.float32)
-    for n in range(num):
-        y1, x1, y2, x2 = boxes[n]
-        # Pixels whose centre c = p + 0.5 can satisfy start <= c < end.
-        row0, row1 = max(int(np.ceil(y1 - 0.5)), 0), min(int(np.ceil(y2 - 0.5)), height)
-        col0, col1 = max(int(np.ceil(x1 - 0.5)), 0), min(int(np.ceil(x2 - 0.5)), width)
-        if row1 <= row0 or col1 <= col0:
-            continue
-        ys = np.arange(row0, row1, dtype=np.float64) + 0.5
-        xs = np.arange(col0, col1, dtype=np.float64) + 0.5
-        y_low, y_high, wy_low, wy_high = _axis_numpy(ys, y1, y2, mask_size)
-        x_low, x_high, wx_low, wx_high = _axis_numpy(xs, x1, x2, mask_size)
-        rows = wy_low[:, None] * masks[n, y_low] + wy_high[:, None] * masks[n, y_high]  # [h, M]
-        out[n, row0:row1, col0:col1] = wx_low * rows[:, x_low] + wx_high * rows[:, x_high]
-    return out

@@ -1,14 +1,21 @@
 """Multi-level ROIAlign over FPN features and FPN level assignment.
 
 This module owns pooling fixed-size features for boxes from a feature pyramid: each box is assigned
-a level by FPN eq. 1 and pooled there with aligned ROIAlign (detectron2 ``ROIAlign(aligned=True)``).
+a level by FPN eq. 1 and pooled there with ROIAlign, aligned (detectron2 ``ROIAlign(aligned=True)``,
+the default) or not (torchvision ``MultiScaleRoIAlign``: ``roi_align(..., aligned=False)``).
 
 Sampling rule: level ``l`` has stride ``s = 2**l``; a box ``[y1, x1, y2, x2]`` in input pixels maps
-to feature coordinates ``y1 / s - 0.5 .. y2 / s - 0.5`` (feature cell ``i`` has its centre at ``i``).
+to feature coordinates ``y1 / s - 0.5 .. y2 / s - 0.5`` when aligned (feature cell ``i`` has its
+centre at ``i``), and to ``y1 / s .. y1 / s + max(y2 / s - y1 / s, 1)`` when not (the legacy rule:
+no half-pixel shift, and the box is at least one feature cell wide).
 The box is split into ``output_size x output_size`` bins and each bin averages
-``sampling_ratio x sampling_ratio`` bilinear samples at its sub-cell centres. Border rule
-(detectron2's): a sample with ``y < -1``, ``y > H``, ``x < -1`` or ``x > W`` contributes 0; otherwise
-its coordinates are clamped to ``[0, H - 1]`` / ``[0, W - 1]`` before interpolating.
+``sampling_ratio x sampling_ratio`` bilinear samples at its sub-cell centres. Border rule (the same in
+detectron2 and torchvision): a sample with ``y < -1``, ``y > H``, ``x < -1`` or ``x > W`` contributes
+0; otherwise its coordinates are clamped to ``[0, H - 1]`` / ``[0, W - 1]`` before interpolating.
+
+torchvision infers each level's scale from the feature and image shapes (``2 ** round(log2(H_l /
+H_image))``); here the stride is always ``2**l``. The two agree unless padding to a multiple of 32
+grows an image by more than ~41% (images under ~75 px high after resizing).
 
 Implementation: all levels are flattened into one ``[B * T, C]`` table (T = sum of H_l * W_l); the
 ``(2 * sampling_ratio)**2`` bilinear taps of every bin of every box are fetched by one ``tf.gather`` and
@@ -39,11 +46,13 @@ def assign_levels(
     max_level: int,
     canonical_size: float = 224.0,
     canonical_level: int = 4,
+    eps: float = 1e-5,
 ) -> tf.Tensor:
     """FPN level of each box (FPN paper eq. 1).
 
-    ``floor(canonical_level + log2(sqrt(h * w) / canonical_size))`` clipped to
-    ``[min_level, max_level]``; zero-area (e.g. padded) boxes get ``min_level``.
+    ``floor(canonical_level + log2(sqrt(h * w) / canonical_size) + eps)`` clipped to
+    ``[min_level, max_level]``; zero-area (e.g. padded) boxes get ``min_level``. With ``eps=1e-6``
+    this is torchvision's ``LevelMapper``.
 
     Args:
         boxes: ``[B, R, 4]`` (or any ``[..., 4]``) float32, y1x1y2x2 input pixels.
@@ -51,6 +60,8 @@ def assign_levels(
         max_level: largest level returned.
         canonical_size: box side mapped to ``canonical_level`` (224, the ImageNet crop).
         canonical_level: level of a ``canonical_size`` box.
+        eps: added before the floor, so that exact powers of two (448 px -> ``canonical_level + 1``)
+            land on the upper level despite rounding.
 
     Returns:
         ``[B, R]`` (``[...]``) int32 levels.
@@ -58,9 +69,8 @@ def assign_levels(
     boxes = tf.cast(boxes, tf.float32)
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
     scale = tf.sqrt(tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0))
-    # A tiny epsilon keeps exact powers of two (448 px -> canonical_level + 1) on the upper level.
     log2 = tf.math.log(tf.maximum(scale, 1e-6) / canonical_size) / math.log(2.0)
-    level = tf.floor(canonical_level + log2 + 1e-5)
+    level = tf.floor(canonical_level + log2 + eps)
     level = tf.clip_by_value(level, float(min_level), float(max_level))
     return tf.cast(level, tf.int32)
 
@@ -68,7 +78,7 @@ def assign_levels(
 def _axis_weights(
     coords: tf.Tensor, size: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Bilinear corners and weights along one axis with the detectron2 border rule.
+    """Bilinear corners and weights along one axis with the module's border rule.
 
     Args:
         coords: ``[B, R, S]`` float32 sample coordinates in feature cells.
@@ -99,8 +109,10 @@ def multilevel_roi_align(
     sampling_ratio: int = 2,
     canonical_size: float = 224.0,
     canonical_level: int = 4,
+    aligned: bool = True,
+    level_eps: float = 1e-5,
 ) -> tf.Tensor:
-    """Aligned ROIAlign of every box on its FPN level.
+    """ROIAlign of every box on its FPN level.
 
     Args:
         features: ``{level: [B, H_l, W_l, C]}`` for consecutive levels; level ``l`` has stride
@@ -112,6 +124,9 @@ def multilevel_roi_align(
         sampling_ratio: bilinear samples per bin side (a fixed, positive number).
         canonical_size: see :func:`assign_levels`.
         canonical_level: see :func:`assign_levels`.
+        aligned: half-pixel shift (detectron2); False is torchvision's ``aligned=False`` rule (see the
+            module docstring).
+        level_eps: ``eps`` of :func:`assign_levels` (1e-6 for torchvision's ``LevelMapper``).
 
     Returns:
         ``[B, R, P, P, C]`` pooled features in the features' dtype (computed in float32);
@@ -142,18 +157,28 @@ def multilevel_roi_align(
     table_rows = offset
     table = tf.reshape(tf.concat(flat, axis=1), [-1, channels])  # [B * T, C]
 
-    level_idx = assign_levels(boxes, min_level, max_level, canonical_size, canonical_level) - min_level
+    level_idx = assign_levels(boxes, min_level, max_level, canonical_size, canonical_level,
+                              level_eps) - min_level
     level_height = tf.gather(tf.cast(tf.stack(heights), tf.float32), level_idx)[..., None]  # [B, R, 1]
     level_width = tf.gather(tf.cast(tf.stack(widths), tf.float32), level_idx)[..., None]
     level_offset = tf.gather(tf.cast(tf.stack(offsets), tf.int32), level_idx)  # [B, R]
     stride = tf.pow(2.0, tf.cast(level_idx + min_level, tf.float32))  # [B, R]
 
-    # Sample coordinates in feature cells: [B, R, S] (aligned: pixel box / stride - 0.5).
+    # Sample coordinates in feature cells: [B, R, S] (aligned: pixel box / stride - 0.5; not aligned:
+    # pixel box / stride, at least one cell wide).
+    # Sample k = p * sampling_ratio + i sits at start + p * bin + (i + 0.5) * bin / sampling_ratio, computed
+    # in this order as the ROIAlign kernels do, so float32 rounding matches theirs closely.
     samples = output_size * sampling_ratio
-    grid = (tf.range(samples, dtype=tf.float32) + 0.5) / samples  # [S]
+    bin_index = tf.cast(tf.range(samples) // sampling_ratio, tf.float32)  # [S]
+    sub_index = tf.cast(tf.range(samples) % sampling_ratio, tf.float32) + 0.5
     y1, x1, y2, x2 = tf.unstack(boxes / stride[..., None], axis=-1)
-    ys = (y1 - 0.5)[..., None] + grid * (y2 - y1)[..., None]
-    xs = (x1 - 0.5)[..., None] + grid * (x2 - x1)[..., None]
+    if aligned:
+        y1, x1, box_h, box_w = y1 - 0.5, x1 - 0.5, y2 - y1, x2 - x1
+    else:
+        box_h, box_w = tf.maximum(y2 - y1, 1.0), tf.maximum(x2 - x1, 1.0)
+    bin_h, bin_w = (box_h / output_size)[..., None], (box_w / output_size)[..., None]
+    ys = y1[..., None] + bin_index * bin_h + sub_index * (bin_h / sampling_ratio)
+    xs = x1[..., None] + bin_index * bin_w + sub_index * (bin_w / sampling_ratio)
     y_low, y_high, wy_low, wy_high = _axis_weights(ys, level_height)
     x_low, x_high, wx_low, wx_high = _axis_weights(xs, level_width)
 
@@ -184,8 +209,9 @@ def roi_align_single_level(
     output_size: int,
     stride: int,
     sampling_ratio: int = 2,
+    aligned: bool = True,
 ) -> tf.Tensor:
-    """Aligned ROIAlign of every box on one feature map (same sampling rule as the module).
+    """ROIAlign of every box on one feature map (same sampling rule as the module).
 
     Args:
         features: ``[B, H, W, C]`` feature map with the given stride.
@@ -193,6 +219,7 @@ def roi_align_single_level(
         output_size: P, bins per side.
         stride: feature stride in input pixels (a power of two, ``2**level``).
         sampling_ratio: bilinear samples per bin side.
+        aligned: see :func:`multilevel_roi_align`.
 
     Returns:
         ``[B, R, P, P, C]`` pooled features in the features' dtype.
@@ -202,4 +229,4 @@ def roi_align_single_level(
         raise ValueError(f"stride must be a power of two, got {stride}")
     return multilevel_roi_align(
         {level: features}, boxes, output_size, sampling_ratio,
-        canonical_size=1.0, canonical_level=level)
+        canonical_size=1.0, canonical_level=level, aligned=aligned)

@@ -160,6 +160,6 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="divisible"):
         FPN(num_channels=20, norm="gn", gn_groups=8)
     with pytest.raises(ValueError, match="norm"):
-        FPN(norm="bn")
+        FPN(norm="layer")
     with pytest.raises(ValueError, match="expects 4 backbone features"):
         FPN(num_channels=8)(_features()[:3])
