@@ -61,7 +61,8 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
         rpn_anchors_per_image=m.rpn.anchors_per_image, rpn_positive_fraction=m.rpn.positive_fraction,
         box_pool_size=m.roi.box_pool_size, mask_pool_size=m.roi.mask_pool_size,
         canonical_size=m.roi.canonical_size, canonical_level=m.roi.canonical_level,
-        loss_weights=cfg.train.loss_weights, clip_norm=cfg.train.clip_norm, name="mask_rcnn")
+        loss_weights=cfg.train.loss_weights, clip_norm=cfg.train.clip_norm, sampling_seed=cfg.data.seed,
+        name="mask_rcnn")
     if build:
         build_variables(model)
     return model

@@ -62,7 +62,7 @@ class MaskRCNN(keras.Model):
                  rpn_anchors_per_image: int = 256, rpn_positive_fraction: float = 0.5,
                  box_pool_size: int = 7, mask_pool_size: int = 14, canonical_size: float = 224.0,
                  canonical_level: int = 4, loss_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0),
-                 clip_norm: float = 10.0, **kwargs):
+                 clip_norm: float = 10.0, sampling_seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.fpn = fpn
@@ -90,6 +90,7 @@ class MaskRCNN(keras.Model):
         if len(self.loss_weights) != len(LOSS_KEYS):
             raise ValueError(f"loss_weights needs {len(LOSS_KEYS)} values ({', '.join(LOSS_KEYS)})")
         self.clip_norm = clip_norm
+        self.sampling_seed = int(sampling_seed)
         anchors = anchors_lib.generate_anchors(self.image_size, self.min_level, self.max_level,
                                                self.anchor_sizes, self.aspect_ratios)
         self._anchors_np = {level: np.asarray(a, np.float32) for level, a in anchors.items()}
@@ -127,13 +128,29 @@ class MaskRCNN(keras.Model):
 
     # === Training ===
 
+    def step_seed(self, step: tf.Tensor | int) -> tf.Tensor:
+        """The [2] int64 seed of one training step's random draws on this replica.
+
+        A pure function of (``sampling_seed`` = ``data.seed``, ``step``, the replica id in sync group), so
+        a resumed run (which restores ``optimizer.iterations``) draws the anchors and ROIs of an
+        uninterrupted run, and the replicas of one step draw independently.
+        """
+        ctx = tf.distribute.get_replica_context()
+        replica = ctx.replica_id_in_sync_group if ctx is not None else 0
+        seed = tf.constant([self.sampling_seed, 0], tf.int64)
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64))
+        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int64))
+
     def compute_losses(self, data: Mapping[str, tf.Tensor], training: bool = True,
-                       static_shapes: bool = False) -> dict[str, tf.Tensor]:
+                       static_shapes: bool = False, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """The forward pass with targets; returns {loss key: scalar float32} for this replica's batch.
 
         ``static_shapes`` keeps every intermediate shape static (needed under XLA); otherwise the mask
-        branch runs on as many ROIs as the batch has foreground ROIs.
+        branch runs on as many ROIs as the batch has foreground ROIs. ``seed`` ([2] int64, from
+        :meth:`step_seed`) drives the anchor and ROI sampling, which are stateless; None = ``step_seed(0)``.
         """
+        if seed is None:
+            seed = self.step_seed(0)
         images, image_info = data["images"], data["image_info"]
         gt_boxes = tf.cast(data["gt_boxes"], tf.float32)
         gt_classes = tf.cast(data["gt_classes"], tf.int32)
@@ -147,7 +164,8 @@ class MaskRCNN(keras.Model):
         rpn_target = targets.rpn_targets(
             tf.concat([anchors[lv] for lv in levels], axis=0), gt_boxes, gt_classes,
             fg_iou_threshold=self.rpn_fg_iou_threshold, bg_iou_threshold=self.rpn_bg_iou_threshold,
-            num_samples=self.rpn_anchors_per_image, positive_fraction=self.rpn_positive_fraction)
+            num_samples=self.rpn_anchors_per_image, positive_fraction=self.rpn_positive_fraction,
+            seed=tf.random.experimental.stateless_fold_in(seed, 1))
         losses = losses_lib.rpn_losses(
             tf.concat([rpn_logits[lv] for lv in levels], axis=1),
             tf.concat([rpn_deltas[lv] for lv in levels], axis=1), **rpn_target)
@@ -159,7 +177,8 @@ class MaskRCNN(keras.Model):
         rois, roi_valid = tf.stop_gradient(rois), tf.stop_gradient(roi_valid)
 
         # Stage 2: box head on sampled ROIs.
-        sample = self.roi_sampler(rois, roi_valid, gt_boxes, gt_classes)
+        sample = self.roi_sampler(rois, roi_valid, gt_boxes, gt_classes,
+                                  seed=tf.random.experimental.stateless_fold_in(seed, 2))
         class_logits, box_deltas = self.box_head(self._roi_align(features, sample["rois"], self.box_pool_size))
         losses.update(losses_lib.box_head_losses(class_logits, box_deltas, sample["classes"],
                                                  sample["box_targets"], sample["valid"]))
@@ -204,11 +223,11 @@ class MaskRCNN(keras.Model):
             grads = [g / replicas for g in grads]
         return grads, norm / loss_scale
 
-    def _losses_and_gradients(self, data: Mapping[str, tf.Tensor], replicas: int, static_shapes: bool = False
-                              ) -> tuple[tf.Tensor, dict[str, tf.Tensor], list[tf.Tensor | None]]:
+    def _losses_and_gradients(self, data: Mapping[str, tf.Tensor], replicas: int, static_shapes: bool,
+                              seed: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor], list[tf.Tensor | None]]:
         """This replica's forward pass, losses and (scaled) gradients; the part XLA compiles."""
         with tf.GradientTape() as tape:
-            losses = self.compute_losses(data, training=True, static_shapes=static_shapes)
+            losses = self.compute_losses(data, training=True, static_shapes=static_shapes, seed=seed)
             total = self.total_loss(losses)
             # Keras 3 sums gradients over replicas: divide by their number to get the global mean.
             scaled = self.optimizer.scale_loss(total / replicas)
@@ -229,14 +248,18 @@ class MaskRCNN(keras.Model):
         NMS, ROI sampling, ROIAlign, heads, targets and losses) run as one XLA computation; the
         cross-replica reduction, clipping and optimizer update stay outside it, so the same step works
         under MirroredStrategy and MultiWorkerMirroredStrategy.
+
+        The step's random draws (anchor and ROI sampling) are seeded by :meth:`step_seed` from
+        ``optimizer.iterations`` (read before the update), which checkpoints restore.
         """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
+        seed = self.step_seed(self.optimizer.iterations)
         if self.jit_compile:
-            total, losses, grads = self._compiled_losses_and_gradients()(data, replicas, True)
+            total, losses, grads = self._compiled_losses_and_gradients()(data, replicas, True, seed)
         else:
             static = isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
-            total, losses, grads = self._losses_and_gradients(data, replicas, static)
+            total, losses, grads = self._losses_and_gradients(data, replicas, static, seed)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         # 1.0, or the current dynamic loss scale of a LossScaleOptimizer (mixed float16).
         loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
@@ -279,7 +302,8 @@ class MaskRCNN(keras.Model):
                   "rpn_positive_fraction": self.rpn_positive_fraction,
                   "box_pool_size": self.box_pool_size, "mask_pool_size": self.mask_pool_size,
                   "canonical_size": self.canonical_size, "canonical_level": self.canonical_level,
-                  "loss_weights": list(self.loss_weights), "clip_norm": self.clip_norm}
+                  "loss_weights": list(self.loss_weights), "clip_norm": self.clip_norm,
+                  "sampling_seed": self.sampling_seed}
         for name in _SUBLAYERS:
             config[name] = keras.saving.serialize_keras_object(getattr(self, name))
         return config
