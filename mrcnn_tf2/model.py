@@ -12,7 +12,9 @@ Batch contract (DESIGN.md section 3): a dict with
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -35,6 +37,40 @@ def default_image_info(batch_size: tf.Tensor, image_size: int) -> tf.Tensor:
     s = float(image_size)
     info = tf.constant([[s, s], [s, s], [1.0, 1.0], [0.0, 0.0]], tf.float32)
     return tf.tile(info[None], [batch_size, 1, 1])
+
+
+_SUMMED_LOCK = threading.Lock()
+_SUMMED_DEPTH: dict[int, int] = {}  # id(optimizer) -> replicas inside _gradients_already_summed
+
+
+@contextlib.contextmanager
+def _gradients_already_summed(optimizer: keras.optimizers.Optimizer) -> Iterator[bool]:
+    """While ``apply_gradients`` is traced, tells a Keras 3 optimizer not to sum the gradients over replicas.
+
+    Keras 3 has no public switch for this (Keras 2 had ``experimental_aggregate_gradients=False``): its
+    TensorFlow optimizer always all-reduces in ``_all_reduce_sum_gradients``. ``train_step`` has summed
+    them already (global-norm clipping needs the sum), so that method is made the identity on this
+    optimizer (and the inner one of a ``LossScaleOptimizer``) for the duration. Yields False, and changes
+    nothing, when the optimizer has no such method; the caller then lets the optimizer sum again.
+    MirroredStrategy traces ``train_step`` in one thread per replica: a count per optimizer keeps the
+    identity in place until the last replica leaves.
+    """
+    owners = [o for o in (optimizer, getattr(optimizer, "inner_optimizer", None))
+              if o is not None and hasattr(o, "_all_reduce_sum_gradients")]
+    with _SUMMED_LOCK:
+        for owner in owners:
+            if _SUMMED_DEPTH.get(id(owner), 0) == 0:
+                object.__setattr__(owner, "_all_reduce_sum_gradients", list)  # shadows the method
+            _SUMMED_DEPTH[id(owner)] = _SUMMED_DEPTH.get(id(owner), 0) + 1
+    try:
+        yield bool(owners)
+    finally:
+        with _SUMMED_LOCK:
+            for owner in owners:
+                _SUMMED_DEPTH[id(owner)] -= 1
+                if _SUMMED_DEPTH[id(owner)] == 0:
+                    del _SUMMED_DEPTH[id(owner)]
+                    object.__delattr__(owner, "_all_reduce_sum_gradients")
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_tf2")
@@ -205,11 +241,11 @@ class MaskRCNN(keras.Model):
         return tf.add_n([w * losses[k] for k, w in zip(LOSS_KEYS, self.loss_weights)])
 
     def _reduce_and_clip(self, grads: list[tf.Tensor], loss_scale: tf.Tensor) -> tuple[list, tf.Tensor]:
-        """Clips the global gradient norm of the *cross-replica* gradient.
+        """Sums the gradients over replicas (the step's only all-reduce) and clips their global norm.
 
-        Keras 3 sums replica gradients inside ``apply_gradients``; clipping before that would clip
-        each replica's part. So we all-reduce here, clip, and hand each replica 1/n of the clipped sum
-        (the optimizer's own sum then restores it). ``loss_scale`` (mixed float16) scales the norm.
+        Clipping needs the *cross-replica* gradient (clipping each replica's part would clip another
+        norm), so the sum happens here and ``train_step`` keeps the optimizer from summing again.
+        ``loss_scale`` (mixed float16) scales the norm. Returns (clipped sum, unscaled norm).
         """
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
@@ -219,8 +255,6 @@ class MaskRCNN(keras.Model):
         norm = tf.linalg.global_norm(grads)
         if clip is not None:
             grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
-        if replicas > 1:
-            grads = [g / replicas for g in grads]
         return grads, norm / loss_scale
 
     def _losses_and_gradients(self, data: Mapping[str, tf.Tensor], replicas: int, static_shapes: bool,
@@ -249,6 +283,9 @@ class MaskRCNN(keras.Model):
         cross-replica reduction, clipping and optimizer update stay outside it, so the same step works
         under MirroredStrategy and MultiWorkerMirroredStrategy.
 
+        Gradients cross replicas once per step: ``_reduce_and_clip`` sums them and the optimizer is told
+        not to sum again (Keras 3 would otherwise all-reduce a second time inside ``apply_gradients``).
+
         The step's random draws (anchor and ROI sampling) are seeded by :meth:`step_seed` from
         ``optimizer.iterations`` (read before the update), which checkpoints restore.
         """
@@ -264,8 +301,20 @@ class MaskRCNN(keras.Model):
         # 1.0, or the current dynamic loss scale of a LossScaleOptimizer (mixed float16).
         loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         clipped, grad_norm = self._reduce_and_clip([g for g, _ in pairs], loss_scale)
-        self.optimizer.apply_gradients(zip(clipped, [v for _, v in pairs]))
+        with _gradients_already_summed(self.optimizer) as summed:
+            if not summed and replicas > 1:  # the optimizer will sum them again: hand it 1/n each
+                clipped = [g / replicas for g in clipped]
+            self.optimizer.apply_gradients(zip(clipped, [v for _, v in pairs]))
         return self._update_trackers(total, losses, grad_norm)
+
+    def compile(self, *args: Any, jit_compile: bool | str = False, **kwargs: Any) -> None:
+        """Keras' ``compile`` with ``jit_compile=False`` unless asked.
+
+        Keras' default ``"auto"`` turns XLA on where a GPU is visible, which silently switches the mask
+        branch to its static worst case (every possible foreground ROI); pass ``jit_compile=True`` (or
+        ``"auto"``) to choose XLA on purpose.
+        """
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     def test_step(self, data: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         static = self.jit_compile or isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
