@@ -64,6 +64,9 @@ flags.DEFINE_string("mixed_precision", "",
                     "config's value (off in the presets).")
 flags.DEFINE_bool("jit_compile", False, "train: compile each replica's forward pass, losses and gradients with "
                   "XLA (train.jit_compile); the cross-replica reduction and the update are not compiled.")
+flags.DEFINE_bool("deterministic", False, "train: bit-exact runs and resumes (train.deterministic): TensorFlow's "
+                  "op determinism and every seed from data.seed; N steps and N/2 + N/2 resumed steps (--model=last) "
+                  "give identical checkpoints. Slower, mostly on GPUs.")
 
 FLAGS = flags.FLAGS
 

@@ -68,6 +68,7 @@ class RunArgs:
     train_layers: str | None = None
     mixed_precision: str = ""  # "", "float16" or "bfloat16"
     jit_compile: bool = False
+    deterministic: bool = False
     verbose: bool = True
 
 
@@ -191,6 +192,8 @@ def _flag_overrides(args: RunArgs) -> dict[str, object]:
         out["train.jit_compile"] = True
     if args.mixed_precision:
         out["train.mixed_precision"] = args.mixed_precision
+    if args.deterministic:
+        out["train.deterministic"] = True
     return out
 
 

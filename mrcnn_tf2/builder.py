@@ -73,7 +73,8 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
         canonical_size=m.roi.canonical_size, canonical_level=m.roi.canonical_level,
         loss_weights=cfg.train.loss_weights, clip_norm=cfg.train.clip_norm, anchor_offset=m.anchor_offset,
         anchor_rounding=m.anchor_rounding, roi_align_aligned=m.roi.roi_align_aligned,
-        roi_sampling_ratio=m.roi.sampling_ratio, roi_level_eps=m.roi.level_eps, name="mask_rcnn")
+        roi_sampling_ratio=m.roi.sampling_ratio, roi_level_eps=m.roi.level_eps, sampling_seed=cfg.data.seed,
+        name="mask_rcnn")
     if build:
         build_variables(model)
     return model

@@ -12,7 +12,9 @@ Batch contract (DESIGN.md section 3): a dict with
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -35,6 +37,40 @@ def default_image_info(batch_size: tf.Tensor, image_size: int) -> tf.Tensor:
     s = float(image_size)
     info = tf.constant([[s, s], [s, s], [1.0, 1.0], [0.0, 0.0]], tf.float32)
     return tf.tile(info[None], [batch_size, 1, 1])
+
+
+_SUMMED_LOCK = threading.Lock()
+_SUMMED_DEPTH: dict[int, int] = {}  # id(optimizer) -> replicas inside _gradients_already_summed
+
+
+@contextlib.contextmanager
+def _gradients_already_summed(optimizer: keras.optimizers.Optimizer) -> Iterator[bool]:
+    """While ``apply_gradients`` is traced, tells a Keras 3 optimizer not to sum the gradients over replicas.
+
+    Keras 3 has no public switch for this (Keras 2 had ``experimental_aggregate_gradients=False``): its
+    TensorFlow optimizer always all-reduces in ``_all_reduce_sum_gradients``. ``train_step`` has summed
+    them already (global-norm clipping needs the sum), so that method is made the identity on this
+    optimizer (and the inner one of a ``LossScaleOptimizer``) for the duration. Yields False, and changes
+    nothing, when the optimizer has no such method; the caller then lets the optimizer sum again.
+    MirroredStrategy traces ``train_step`` in one thread per replica: a count per optimizer keeps the
+    identity in place until the last replica leaves.
+    """
+    owners = [o for o in (optimizer, getattr(optimizer, "inner_optimizer", None))
+              if o is not None and hasattr(o, "_all_reduce_sum_gradients")]
+    with _SUMMED_LOCK:
+        for owner in owners:
+            if _SUMMED_DEPTH.get(id(owner), 0) == 0:
+                object.__setattr__(owner, "_all_reduce_sum_gradients", list)  # shadows the method
+            _SUMMED_DEPTH[id(owner)] = _SUMMED_DEPTH.get(id(owner), 0) + 1
+    try:
+        yield bool(owners)
+    finally:
+        with _SUMMED_LOCK:
+            for owner in owners:
+                _SUMMED_DEPTH[id(owner)] -= 1
+                if _SUMMED_DEPTH[id(owner)] == 0:
+                    del _SUMMED_DEPTH[id(owner)]
+                    object.__delattr__(owner, "_all_reduce_sum_gradients")
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_tf2")
@@ -64,7 +100,7 @@ class MaskRCNN(keras.Model):
                  canonical_level: int = 4, loss_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0),
                  clip_norm: float = 10.0, anchor_offset: float = 0.5, anchor_rounding: bool = False,
                  roi_align_aligned: bool = True, roi_sampling_ratio: int = 2, roi_level_eps: float = 1e-5,
-                 **kwargs):
+                 sampling_seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.fpn = fpn
@@ -99,6 +135,7 @@ class MaskRCNN(keras.Model):
         self.anchor_rounding = bool(anchor_rounding)
         # Training runs on the static S x S canvas: its anchors are constants. Inference builds them from
         # the feature grids it actually gets (`_grid_anchors`), so any padded size works.
+        self.sampling_seed = int(sampling_seed)
         anchors = anchors_lib.generate_anchors(self.image_size, self.min_level, self.max_level,
                                                self.anchor_sizes, self.aspect_ratios, self.anchor_offset,
                                                self.anchor_rounding)
@@ -161,13 +198,29 @@ class MaskRCNN(keras.Model):
 
     # === Training ===
 
+    def step_seed(self, step: tf.Tensor | int) -> tf.Tensor:
+        """The [2] int64 seed of one training step's random draws on this replica.
+
+        A pure function of (``sampling_seed`` = ``data.seed``, ``step``, the replica id in sync group), so
+        a resumed run (which restores ``optimizer.iterations``) draws the anchors and ROIs of an
+        uninterrupted run, and the replicas of one step draw independently.
+        """
+        ctx = tf.distribute.get_replica_context()
+        replica = ctx.replica_id_in_sync_group if ctx is not None else 0
+        seed = tf.constant([self.sampling_seed, 0], tf.int64)
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64))
+        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int64))
+
     def compute_losses(self, data: Mapping[str, tf.Tensor], training: bool = True,
-                       static_shapes: bool = False) -> dict[str, tf.Tensor]:
+                       static_shapes: bool = False, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """The forward pass with targets; returns {loss key: scalar float32} for this replica's batch.
 
         ``static_shapes`` keeps every intermediate shape static (needed under XLA); otherwise the mask
-        branch runs on as many ROIs as the batch has foreground ROIs.
+        branch runs on as many ROIs as the batch has foreground ROIs. ``seed`` ([2] int64, from
+        :meth:`step_seed`) drives the anchor and ROI sampling, which are stateless; None = ``step_seed(0)``.
         """
+        if seed is None:
+            seed = self.step_seed(0)
         images, image_info = data["images"], data["image_info"]
         gt_boxes = tf.cast(data["gt_boxes"], tf.float32)
         gt_classes = tf.cast(data["gt_classes"], tf.int32)
@@ -181,7 +234,8 @@ class MaskRCNN(keras.Model):
         rpn_target = targets.rpn_targets(
             tf.concat([anchors[lv] for lv in levels], axis=0), gt_boxes, gt_classes,
             fg_iou_threshold=self.rpn_fg_iou_threshold, bg_iou_threshold=self.rpn_bg_iou_threshold,
-            num_samples=self.rpn_anchors_per_image, positive_fraction=self.rpn_positive_fraction)
+            num_samples=self.rpn_anchors_per_image, positive_fraction=self.rpn_positive_fraction,
+            seed=tf.random.experimental.stateless_fold_in(seed, 1))
         losses = losses_lib.rpn_losses(
             tf.concat([rpn_logits[lv] for lv in levels], axis=1),
             tf.concat([rpn_deltas[lv] for lv in levels], axis=1), **rpn_target)
@@ -193,7 +247,8 @@ class MaskRCNN(keras.Model):
         rois, roi_valid = tf.stop_gradient(rois), tf.stop_gradient(roi_valid)
 
         # Stage 2: box head on sampled ROIs.
-        sample = self.roi_sampler(rois, roi_valid, gt_boxes, gt_classes)
+        sample = self.roi_sampler(rois, roi_valid, gt_boxes, gt_classes,
+                                  seed=tf.random.experimental.stateless_fold_in(seed, 2))
         class_logits, box_deltas = self.box_head(self._roi_align(features, sample["rois"], self.box_pool_size),
                                                  training=training)
         losses.update(losses_lib.box_head_losses(class_logits, box_deltas, sample["classes"],
@@ -222,11 +277,11 @@ class MaskRCNN(keras.Model):
         return tf.add_n([w * losses[k] for k, w in zip(LOSS_KEYS, self.loss_weights)])
 
     def _reduce_and_clip(self, grads: list[tf.Tensor], loss_scale: tf.Tensor) -> tuple[list, tf.Tensor]:
-        """Clips the global gradient norm of the *cross-replica* gradient.
+        """Sums the gradients over replicas (the step's only all-reduce) and clips their global norm.
 
-        Keras 3 sums replica gradients inside ``apply_gradients``; clipping before that would clip
-        each replica's part. So we all-reduce here, clip, and hand each replica 1/n of the clipped sum
-        (the optimizer's own sum then restores it). ``loss_scale`` (mixed float16) scales the norm.
+        Clipping needs the *cross-replica* gradient (clipping each replica's part would clip another
+        norm), so the sum happens here and ``train_step`` keeps the optimizer from summing again.
+        ``loss_scale`` (mixed float16) scales the norm. Returns (clipped sum, unscaled norm).
         """
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
@@ -236,15 +291,13 @@ class MaskRCNN(keras.Model):
         norm = tf.linalg.global_norm(grads)
         if clip is not None:
             grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
-        if replicas > 1:
-            grads = [g / replicas for g in grads]
         return grads, norm / loss_scale
 
-    def _losses_and_gradients(self, data: Mapping[str, tf.Tensor], replicas: int, static_shapes: bool = False
-                              ) -> tuple[tf.Tensor, dict[str, tf.Tensor], list[tf.Tensor | None]]:
+    def _losses_and_gradients(self, data: Mapping[str, tf.Tensor], replicas: int, static_shapes: bool,
+                              seed: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor], list[tf.Tensor | None]]:
         """This replica's forward pass, losses and (scaled) gradients; the part XLA compiles."""
         with tf.GradientTape() as tape:
-            losses = self.compute_losses(data, training=True, static_shapes=static_shapes)
+            losses = self.compute_losses(data, training=True, static_shapes=static_shapes, seed=seed)
             total = self.total_loss(losses)
             # Keras 3 sums gradients over replicas: divide by their number to get the global mean.
             scaled = self.optimizer.scale_loss(total / replicas)
@@ -265,20 +318,39 @@ class MaskRCNN(keras.Model):
         NMS, ROI sampling, ROIAlign, heads, targets and losses) run as one XLA computation; the
         cross-replica reduction, clipping and optimizer update stay outside it, so the same step works
         under MirroredStrategy and MultiWorkerMirroredStrategy.
+
+        Gradients cross replicas once per step: ``_reduce_and_clip`` sums them and the optimizer is told
+        not to sum again (Keras 3 would otherwise all-reduce a second time inside ``apply_gradients``).
+
+        The step's random draws (anchor and ROI sampling) are seeded by :meth:`step_seed` from
+        ``optimizer.iterations`` (read before the update), which checkpoints restore.
         """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
+        seed = self.step_seed(self.optimizer.iterations)
         if self.jit_compile:
-            total, losses, grads = self._compiled_losses_and_gradients()(data, replicas, True)
+            total, losses, grads = self._compiled_losses_and_gradients()(data, replicas, True, seed)
         else:
             static = isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
-            total, losses, grads = self._losses_and_gradients(data, replicas, static)
+            total, losses, grads = self._losses_and_gradients(data, replicas, static, seed)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         # 1.0, or the current dynamic loss scale of a LossScaleOptimizer (mixed float16).
         loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         clipped, grad_norm = self._reduce_and_clip([g for g, _ in pairs], loss_scale)
-        self.optimizer.apply_gradients(zip(clipped, [v for _, v in pairs]))
+        with _gradients_already_summed(self.optimizer) as summed:
+            if not summed and replicas > 1:  # the optimizer will sum them again: hand it 1/n each
+                clipped = [g / replicas for g in clipped]
+            self.optimizer.apply_gradients(zip(clipped, [v for _, v in pairs]))
         return self._update_trackers(total, losses, grad_norm)
+
+    def compile(self, *args: Any, jit_compile: bool | str = False, **kwargs: Any) -> None:
+        """Keras' ``compile`` with ``jit_compile=False`` unless asked.
+
+        Keras' default ``"auto"`` turns XLA on where a GPU is visible, which silently switches the mask
+        branch to its static worst case (every possible foreground ROI); pass ``jit_compile=True`` (or
+        ``"auto"``) to choose XLA on purpose.
+        """
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     def test_step(self, data: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         static = self.jit_compile or isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
@@ -318,7 +390,7 @@ class MaskRCNN(keras.Model):
                   "loss_weights": list(self.loss_weights), "clip_norm": self.clip_norm,
                   "anchor_offset": self.anchor_offset, "anchor_rounding": self.anchor_rounding,
                   "roi_align_aligned": self.roi_align_aligned, "roi_sampling_ratio": self.roi_sampling_ratio,
-                  "roi_level_eps": self.roi_level_eps}
+                  "roi_level_eps": self.roi_level_eps, "sampling_seed": self.sampling_seed}
         for name in _SUBLAYERS:
             config[name] = keras.saving.serialize_keras_object(getattr(self, name))
         return config

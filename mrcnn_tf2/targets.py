@@ -13,13 +13,15 @@ from mrcnn_tf2.ops import box_ops, mask_ops, matcher, sampler
 
 def rpn_targets(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor, *,
                 fg_iou_threshold: float = 0.7, bg_iou_threshold: float = 0.3,
-                num_samples: int = 256, positive_fraction: float = 0.5) -> dict[str, tf.Tensor]:
+                num_samples: int = 256, positive_fraction: float = 0.5,
+                seed: tf.Tensor | int = 0) -> dict[str, tf.Tensor]:
     """Labels and box targets for every anchor; a balanced sample of them enters the loss.
 
     Args:
       anchors: [N_a, 4] float32 yxyx pixels, all levels concatenated in level order.
       gt_boxes: [B, G, 4] float32 yxyx pixels, padded rows 0.
       gt_classes: [B, G] int32, -1 for padding.
+      seed: [2] int tensor (or an int) of the stateless anchor sample; training passes the step's seed.
 
     Returns:
       dict with positive [B, N_a] bool, negative [B, N_a] bool (the sampled anchors) and
@@ -31,7 +33,7 @@ def rpn_targets(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor, 
     iou = box_ops.box_iou(anchors_b, gt_boxes)  # [B, N_a, G]
     matched, labels = matcher.match(iou, gt_valid, fg_iou_threshold, bg_iou_threshold,
                                     allow_low_quality_matches=True)
-    positive, negative = sampler.subsample_labels(labels, num_samples, positive_fraction)
+    positive, negative = sampler.subsample_labels(labels, num_samples, positive_fraction, seed)
     matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)
     box_targets = box_ops.encode_boxes(matched_boxes, anchors_b)
     box_targets = tf.where(positive[..., None], box_targets, 0.0)

@@ -10,7 +10,9 @@ whose ``iterations`` drive the LR schedule) and asks the dataset function for th
 batches already consumed (:func:`distributed_dataset`). ``pipelines.input_pipeline.build_dataset``
 skips them at the record level (``skip_batches``: the skipped examples are never decoded or augmented)
 and its order and augmentation seeds derive from each example's position in the stream, so the resumed
-run sees exactly the batches an uninterrupted run would have seen.
+run sees exactly the batches an uninterrupted run would have seen. The model's anchor and ROI sampling
+is stateless too, seeded from ``optimizer.iterations`` (``MaskRCNN.step_seed``), so with TensorFlow's op
+determinism on (``--deterministic``) the resumed steps are bit-identical to uninterrupted ones.
 """
 
 from __future__ import annotations

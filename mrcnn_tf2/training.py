@@ -2,7 +2,8 @@
 
 This module owns everything the training loop needs around the model, and no model code:
 
-- ``WarmupDecaySchedule`` / ``learning_rate_schedule``: linear warm-up, then step decay or cosine.
+- ``WarmupDecaySchedule`` / ``learning_rate_schedule``: linear warm-up, then step decay or cosine;
+  ``absolute_decay_steps`` turns ``train.decay_fractions`` into the absolute steps a run keeps.
 - ``scaled_learning_rate`` and ``build_optimizer``: SGD with momentum, the linear scaling rule and
   weight decay (decoupled, or coupled as in torch.optim.SGD) that skips normalization parameters and biases.
 - ``create_strategy``: one_device, mirrored, multi_worker (``TF_CONFIG``) and tpu.
@@ -31,6 +32,7 @@ from mrcnn_tf2.config import STRATEGIES, TrainConfig
 __all__ = [
     "WarmupDecaySchedule",
     "learning_rate_schedule",
+    "absolute_decay_steps",
     "scaled_learning_rate",
     "build_optimizer",
     "CoupledWeightDecaySGD",
@@ -62,14 +64,19 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     ``lr(step) = base_lr * warmup(step) * decay(step)`` where ``warmup`` rises linearly from
     ``warmup_factor`` at step 0 to 1 at ``warmup_steps`` (and stays 1 after), and ``decay`` is
-    ``decay_rate ** (number of boundaries int(f * total_steps) <= step)`` for ``"step"``, or
-    ``0.5 * (1 + cos(pi * t))`` with ``t = (step - warmup_steps) / (total_steps - warmup_steps)`` clipped
-    to [0, 1] for ``"cosine"`` (so the cosine starts at ``base_lr`` when warm-up ends and reaches 0 at
-    ``total_steps``). ``step`` is the optimizer's 0-based iteration count.
+    ``decay_rate ** (number of boundaries <= step)`` for ``"step"``, or ``0.5 * (1 + cos(pi * t))`` with
+    ``t = (step - warmup_steps) / (end - warmup_steps)`` clipped to [0, 1] for ``"cosine"`` (so the cosine
+    starts at ``base_lr`` when warm-up ends, reaches 0 at ``end`` and stays 0). ``step`` is the
+    optimizer's 0-based iteration count.
+
+    The boundaries (step) or ``end`` (cosine) are ``decay_steps`` when given: absolute steps, which a
+    resumed run keeps whatever its ``total_steps``, so the LR never jumps back up. Without them they
+    follow ``total_steps``: ``int(f * total_steps)`` for each of ``decay_fractions``, or ``total_steps``.
     """
 
     def __init__(self, base_lr: float, total_steps: int, warmup_steps: int = 0, warmup_factor: float = 0.001,
-                 schedule: str = "step", decay_fractions: Sequence[float] = (), decay_rate: float = 0.1):
+                 schedule: str = "step", decay_fractions: Sequence[float] = (), decay_rate: float = 0.1,
+                 decay_steps: Sequence[int] = ()):
         if schedule not in ("step", "cosine"):
             raise ValueError(f"schedule='{schedule}' must be 'step' or 'cosine'")
         if base_lr <= 0 or total_steps < 0 or warmup_steps < 0:
@@ -82,11 +89,21 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.schedule = schedule
         self.decay_fractions = tuple(float(f) for f in decay_fractions)
         self.decay_rate = float(decay_rate)
+        self.decay_steps = tuple(int(b) for b in decay_steps)
+        if schedule == "cosine" and len(self.decay_steps) > 1:
+            raise ValueError(f"the cosine schedule takes one decay step (its end), got {list(self.decay_steps)}")
 
     @property
     def boundaries(self) -> tuple[int, ...]:
         """Steps at which the step schedule multiplies the LR by ``decay_rate``."""
+        if self.decay_steps:
+            return tuple(sorted(self.decay_steps))
         return tuple(sorted(int(f * self.total_steps) for f in self.decay_fractions))
+
+    @property
+    def end(self) -> int:
+        """The step at which the cosine schedule reaches 0."""
+        return self.decay_steps[0] if self.decay_steps else self.total_steps
 
     def __call__(self, step: Any) -> tf.Tensor:
         step = tf.cast(tf.convert_to_tensor(step), tf.float32)
@@ -101,7 +118,7 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
                 passed += tf.cast(step >= float(boundary), tf.float32)
             decay = tf.pow(self.decay_rate, passed)
         else:
-            span = float(max(self.total_steps - self.warmup_steps, 1))
+            span = float(max(self.end - self.warmup_steps, 1))
             t = tf.clip_by_value((step - float(self.warmup_steps)) / span, 0.0, 1.0)
             decay = 0.5 * (1.0 + tf.cos(math.pi * t))
         return self.base_lr * warmup * decay
@@ -115,15 +132,30 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
             "schedule": self.schedule,
             "decay_fractions": list(self.decay_fractions),
             "decay_rate": self.decay_rate,
+            "decay_steps": list(self.decay_steps),
         }
 
 
 def learning_rate_schedule(base_lr: float, total_steps: int, warmup_steps: int, warmup_factor: float,
-                           schedule: str, decay_fractions: Sequence[float],
-                           decay_rate: float) -> keras.optimizers.schedules.LearningRateSchedule:
+                           schedule: str, decay_fractions: Sequence[float], decay_rate: float,
+                           decay_steps: Sequence[int] = ()) -> keras.optimizers.schedules.LearningRateSchedule:
     """A serializable ``WarmupDecaySchedule``; see its docstring for the formula."""
     return WarmupDecaySchedule(base_lr, total_steps, warmup_steps, warmup_factor, schedule,
-                               decay_fractions, decay_rate)
+                               decay_fractions, decay_rate, decay_steps)
+
+
+def absolute_decay_steps(train_cfg: TrainConfig) -> tuple[int, ...]:
+    """The absolute decay steps of a run: ``train.decay_steps`` when set, else resolved from ``train.steps``.
+
+    step schedule: ``sorted(int(f * steps) for f in decay_fractions)``; cosine: ``(steps,)``, where the
+    cosine reaches 0. The CLI stores the result in ``config.json`` when a run starts, so a resume with a
+    larger ``--steps`` keeps it.
+    """
+    if train_cfg.decay_steps:
+        return tuple(int(b) for b in train_cfg.decay_steps)
+    if train_cfg.schedule == "cosine":
+        return (int(train_cfg.steps),) if train_cfg.steps > 0 else ()
+    return tuple(sorted(int(f * train_cfg.steps) for f in train_cfg.decay_fractions))
 
 
 def scaled_learning_rate(base_lr: float, global_batch_size: int, reference_batch_size: int) -> float:
@@ -170,7 +202,8 @@ def build_optimizer(train_cfg: TrainConfig, global_batch_size: int,
 
     Args:
         train_cfg: ``TrainConfig``; reads learning_rate, reference_batch_size, momentum, weight_decay,
-            weight_decay_mode, warmup_steps, warmup_factor, schedule, decay_fractions, decay_rate and steps.
+            weight_decay_mode, warmup_steps, warmup_factor, schedule, decay_fractions, decay_rate, decay_steps
+            and steps (absolute ``decay_steps`` win over fractions of ``steps``; see ``absolute_decay_steps``).
         global_batch_size: images per step over all replicas.
         mixed_precision: ``"float16"`` wraps the optimizer in ``keras.optimizers.LossScaleOptimizer``;
             ``""`` and ``"bfloat16"`` need no loss scaling.
@@ -181,7 +214,8 @@ def build_optimizer(train_cfg: TrainConfig, global_batch_size: int,
     """
     lr = scaled_learning_rate(train_cfg.learning_rate, global_batch_size, train_cfg.reference_batch_size)
     schedule = learning_rate_schedule(lr, train_cfg.steps, train_cfg.warmup_steps, train_cfg.warmup_factor,
-                                      train_cfg.schedule, train_cfg.decay_fractions, train_cfg.decay_rate)
+                                      train_cfg.schedule, train_cfg.decay_fractions, train_cfg.decay_rate,
+                                      absolute_decay_steps(train_cfg))
     mode = getattr(train_cfg, "weight_decay_mode", "decoupled")
     if mode not in ("decoupled", "coupled"):
         raise ValueError(f"train.weight_decay_mode='{mode}' must be 'decoupled' or 'coupled'")

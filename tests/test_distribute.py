@@ -93,3 +93,57 @@ def test_xla_compiled_step_equals_the_graph_step():
     total_update = np.sqrt(sum(np.sum(np.square(a - s)) for a, s in zip(graph_vars, start)))
     total_diff = np.sqrt(sum(np.sum(np.square(a - b)) for a, b in zip(graph_vars, xla_vars)))
     assert total_update > 1e-3 and total_diff < 1e-2 * total_update
+
+
+def test_step_seed_is_a_pure_function_of_seed_step_and_replica():
+    """The samplers' seed: another per step and per replica, the same in any process (no RNG state)."""
+    model = build_model(config.preset("shapes", overrides={"data.seed": 5}), build=False)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+    def seeds(step):
+        per_replica = strategy.run(tf.function(lambda: model.step_seed(tf.constant(step, tf.int64))))
+        return [tuple(s.numpy()) for s in strategy.experimental_local_results(per_replica)]
+
+    first, again, later = seeds(3), seeds(3), seeds(4)
+    assert first == again  # pure: no state advanced between calls
+    assert len(set(first)) == 2 and not set(first) & set(later)  # replicas and steps draw apart
+    # The fold-in chain written out: [data.seed, 0] -> fold in the step -> fold in the replica id.
+    fold = tf.random.experimental.stateless_fold_in
+    int64 = lambda x: tf.constant(x, tf.int64)  # noqa: E731
+    expected = [tuple(fold(fold(int64([5, 0]), int64(3)), int64(r)).numpy()) for r in (0, 1)]
+    assert first == expected
+
+
+@pytest.mark.slow
+def test_gradients_are_all_reduced_once_per_step(monkeypatch):
+    """One all-reduce of the gradients per replica and step: the model's (for clipping), not Keras' again."""
+    reduced = []
+    all_reduce = tf.distribute.ReplicaContext.all_reduce
+
+    def counting(self, reduce_op, value, options=None):
+        reduced.append(len(tf.nest.flatten(value)))
+        return all_reduce(self, reduce_op, value, options)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+    cfg = _cfg(1.0)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    num_trainable = len(model.trainable_variables)
+    _one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), cfg, model.get_weights(),
+              two_object_batch(batch=2))
+    gradient_reductions = [n for n in reduced if n == num_trainable]
+    assert gradient_reductions == [num_trainable] * 2, reduced  # once on each of the 2 replicas
+
+
+def test_compile_defaults_to_no_xla(monkeypatch):
+    # Keras' "auto" picks XLA where a GPU is visible; pretend one is, so the default really is tested.
+    monkeypatch.setattr(keras.Model, "_resolve_auto_jit_compile", lambda self: True)
+    cfg = config.preset("shapes")
+    model = build_model(cfg, build=False)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    assert model.jit_compile is False
+    model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=True)
+    assert model.jit_compile is True
+    plain = keras.Sequential([keras.layers.Dense(1)])
+    plain.compile(optimizer="sgd")
+    assert plain.jit_compile is True  # what MaskRCNN would get from Keras' default here

@@ -194,6 +194,14 @@ class TrainConfig:
     # "decoupled": Keras' w -= lr * wd * w; "coupled": wd * w added to the gradient before momentum
     # (torch.optim.SGD, torchvision and detectron2 recipes; about 1 / (1 - momentum) stronger).
     weight_decay_mode: str = "decoupled"
+    # Absolute LR decay steps, fixed at the start of a run and kept when a resume raises train.steps
+    # (as detectron2's SOLVER.STEPS). step schedule: the steps at which the LR is multiplied by
+    # decay_rate; cosine: one step, where the cosine reaches 0. Empty: resolved from decay_fractions of
+    # train.steps (step) or train.steps itself (cosine) when training starts, and stored in config.json.
+    decay_steps: tuple[int, ...] = ()
+    # Bit-exact runs and resumes: tf.config.experimental.enable_op_determinism() and every seed from
+    # data.seed (the model's samplers and the input pipeline are stateless either way).
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)

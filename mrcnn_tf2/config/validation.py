@@ -120,6 +120,10 @@ def validate(cfg: Config) -> Config:
     _check(t.mixed_precision in MIXED_PRECISION,
            f"train.mixed_precision='{t.mixed_precision}' is not one of float16, bfloat16 or empty")
     _check(all(0 < f < 1 for f in t.decay_fractions), "train.decay_fractions must lie in (0, 1)")
+    _check(all(b >= 0 for b in t.decay_steps) and list(t.decay_steps) == sorted(t.decay_steps),
+           f"train.decay_steps={list(t.decay_steps)} must be steps >= 0 in increasing order")
+    _check(t.schedule != "cosine" or len(t.decay_steps) <= 1,
+           f"train.decay_steps={list(t.decay_steps)}: the cosine schedule takes one step (where it reaches 0)")
     d = cfg.data
     _check(d.gt_mask_size >= 4, f"data.gt_mask_size={d.gt_mask_size} must be >= 4")
     _check(len(d.category_ids) == len(d.category_names),

@@ -38,7 +38,7 @@ class ROISampler(keras.layers.Layer):
         self.box_weights = tuple(float(w) for w in box_weights)
 
     def call(self, proposals: tf.Tensor, proposal_valid: tf.Tensor, gt_boxes: tf.Tensor,
-             gt_classes: tf.Tensor) -> dict[str, tf.Tensor]:
+             gt_classes: tf.Tensor, seed: tf.Tensor | int | None = None) -> dict[str, tf.Tensor]:
         """Samples ROIs and their targets.
 
         Args:
@@ -46,6 +46,8 @@ class ROISampler(keras.layers.Layer):
           proposal_valid: [B, P] bool.
           gt_boxes: [B, G, 4] float32 yxyx pixels, padded rows 0.
           gt_classes: [B, G] int32, 1..K-1 for objects, -1 for padding.
+          seed: [2] int tensor (or an int) for the stateless draw; training passes the step's seed
+            (``MaskRCNN.step_seed``). None = seed 0: reproducible, but the same draw on every call.
 
         Returns:
           dict with
@@ -62,7 +64,8 @@ class ROISampler(keras.layers.Layer):
         iou = box_ops.box_iou(candidates, gt_boxes)  # [B, P+G, G]
         matched, labels = matcher.match(iou, gt_valid, self.fg_iou_threshold, self.bg_iou_threshold,
                                         allow_low_quality_matches=False, valid_rows=candidate_valid)
-        indices, valid = sampler.sample_indices(labels, self.num_samples, self.positive_fraction)
+        indices, valid = sampler.sample_indices(labels, self.num_samples, self.positive_fraction,
+                                                0 if seed is None else seed)
         rois = tf.gather(candidates, indices, batch_dims=1)
         sampled_labels = tf.gather(labels, indices, batch_dims=1)
         matched_gt = tf.gather(matched, indices, batch_dims=1)

@@ -4,6 +4,11 @@ This module owns the sampling rule: at most ``floor(num_samples * positive_fract
 chosen uniformly at random, then negatives to fill ``num_samples`` (as many as exist). Static shapes:
 random keys and ``top_k`` per image, no loops and no data-dependent shapes.
 
+Every draw is stateless: the same ``seed`` gives the same sample in any process, so a resumed training
+run draws exactly what an uninterrupted one would (the model derives each step's seed from
+``data.seed``, the global step and the replica id; see ``MaskRCNN.step_seed``). There is no stateful
+fallback: TensorFlow's global generator restarts in every new process.
+
 Shape shorthand: B images, N candidates (anchors or proposals), S = ``num_samples``.
 Labels follow :mod:`mrcnn_tf2.ops.matcher`: 1 positive, 0 negative, -1 ignored.
 """
@@ -14,13 +19,13 @@ import tensorflow as tf
 
 __all__ = ["subsample_labels", "sample_indices"]
 
-SeedLike = int | tf.Tensor | None
+SeedLike = int | tf.Tensor
 
 
 def _uniform(shape: tf.Tensor, seed: SeedLike) -> tf.Tensor:
-    """Uniform [0, 1) keys: stateful when ``seed`` is None, stateless (reproducible) otherwise."""
+    """Uniform [0, 1) keys from a stateless generator (the same seed gives the same keys)."""
     if seed is None:
-        return tf.random.uniform(shape, dtype=tf.float32)
+        raise ValueError("the sampler needs a seed (an int or a [2] int tensor); it draws statelessly")
     if isinstance(seed, int):
         seed = tf.constant([seed, 0], tf.int64)
     return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
@@ -38,7 +43,7 @@ def sample_indices(
     labels: tf.Tensor,
     num_samples: int,
     positive_fraction: float,
-    seed: SeedLike = None,
+    seed: SeedLike,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Samples a balanced set of candidates and returns their indices.
 
@@ -46,8 +51,7 @@ def sample_indices(
         labels: ``[B, N]`` int32, 1 positive, 0 negative, -1 ignored (never sampled).
         num_samples: S, the number of samples per image (static).
         positive_fraction: at most ``floor(S * positive_fraction)`` positives per image.
-        seed: None for fresh randomness on every call (stateful RNG), or an int / ``[2]`` int tensor
-            for a reproducible stateless draw.
+        seed: an int or a ``[2]`` int tensor; the draw is a pure function of it (stateless).
 
     Returns:
         ``(indices, valid)``: ``indices`` ``[B, S]`` int32 into N, the sampled positives first, then
@@ -89,7 +93,7 @@ def subsample_labels(
     labels: tf.Tensor,
     num_samples: int,
     positive_fraction: float,
-    seed: SeedLike = None,
+    seed: SeedLike,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Samples a balanced set of candidates and returns it as masks.
 
@@ -101,7 +105,7 @@ def subsample_labels(
         labels: ``[B, N]`` int32, 1 positive, 0 negative, -1 ignored.
         num_samples: samples per image (static).
         positive_fraction: upper bound on the positive share.
-        seed: None (stateful RNG) or an int / ``[2]`` int tensor (stateless, reproducible).
+        seed: an int or a ``[2]`` int tensor (stateless: the same seed, the same sample).
 
     Returns:
         ``(positive_mask, negative_mask)``, both ``[B, N]`` bool, disjoint.

@@ -72,9 +72,31 @@ def test_randomness_varies_with_seed_and_is_reproducible():
     c, _ = sampler.sample_indices(labels, 20, 0.5, seed=2)
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not np.array_equal(a.numpy(), c.numpy())
-    d, _ = sampler.sample_indices(labels, 20, 0.5)
-    e, _ = sampler.sample_indices(labels, 20, 0.5)
-    assert not np.array_equal(d.numpy(), e.numpy())
+    # A [2] tensor seed (what training passes: MaskRCNN.step_seed) works the same way.
+    d, _ = sampler.sample_indices(labels, 20, 0.5, seed=tf.constant([1, 0], tf.int64))
+    np.testing.assert_array_equal(a.numpy(), d.numpy())
+
+
+def test_no_stateful_fallback():
+    # A stateful draw restarts in every process, which breaks exact resume: the seed is required.
+    labels = tf.constant(np.zeros((1, 50), np.int32))
+    with pytest.raises(TypeError):
+        sampler.sample_indices(labels, 20, 0.5)  # the missing argument is the point
+    with pytest.raises(ValueError, match="needs a seed"):
+        sampler.sample_indices(labels, 20, 0.5, seed=None)
+
+
+def test_same_draw_in_a_new_process():
+    # The keys are a pure function of the seed: another Python process draws the same sample.
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, tensorflow as tf; from mrcnn_tf2.ops import sampler; "
+            "i, _ = sampler.sample_indices(tf.zeros([2, 300], tf.int32), 16, 0.5, seed=tf.constant([7, 3], tf.int64)); "
+            "print(','.join(map(str, i.numpy().ravel())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    here, _ = sampler.sample_indices(tf.zeros([2, 300], tf.int32), 16, 0.5, seed=tf.constant([7, 3], tf.int64))
+    assert out.strip().splitlines()[-1] == ",".join(map(str, here.numpy().ravel()))
 
 
 def test_selection_is_roughly_uniform():
@@ -89,7 +111,7 @@ def test_selection_is_roughly_uniform():
 
 
 def test_in_tf_function():
-    fn = tf.function(lambda labels: sampler.sample_indices(labels, 8, 0.25))
+    fn = tf.function(lambda labels, seed: sampler.sample_indices(labels, 8, 0.25, seed))
     labels = tf.constant(np.tile(np.array([1, 0, -1, 0, 0, 1], np.int32), (3, 5)))
-    indices, valid = fn(labels)
+    indices, valid = fn(labels, tf.constant([5, 6], tf.int64))
     assert indices.shape == (3, 8) and bool(tf.reduce_all(valid))
