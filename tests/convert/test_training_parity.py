@@ -149,6 +149,7 @@ def both():
 def test_losses(both, torch_key):
     torch_losses, our_losses, _, _ = both
     ours, theirs = our_losses[LOSS_PAIRS[torch_key]], torch_losses[torch_key]
+    print(f"{torch_key}: torchvision {theirs:.6g}, ours {ours:.6g}")  # shown by pytest -rA
     assert theirs > 0
     assert abs(ours - theirs) <= LOSS_RTOL[torch_key] * theirs, (ours, theirs)
 
