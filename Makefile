@@ -20,7 +20,7 @@ test: venv
 	$(PY) -m pytest -q -ra --durations=15 tests
 
 # The whole loop on the built-in shapes dataset, on a CPU: train (the `shapes` preset from scratch),
-# evaluate (COCO AP), export a SavedModel (when export/ is there), predict on 4 validation images.
+# evaluate (COCO AP), export a SavedModel, predict on 4 validation images.
 DEMO_DIR ?= logs/demo
 # 900 steps of batch 8: about 10 minutes on 2 CPU cores (benchmarks/shapes_quality.py: segm AP50 ~0.95).
 DEMO_STEPS ?= 900
@@ -28,9 +28,7 @@ demo: venv
 	rm -rf $(DEMO_DIR)
 	$(PY) main.py --mode=train --config=shapes --model=none --steps=$(DEMO_STEPS) --model_dir=$(DEMO_DIR)
 	$(PY) main.py --mode=eval --model=last --model_dir=$(DEMO_DIR)
-	@if $(PY) -c "import sys, cli; sys.exit(0 if cli.export_available() else 1)"; then \
-		$(PY) main.py --mode=export --model=last --model_dir=$(DEMO_DIR) --export_dir=$(DEMO_DIR)/exported; \
-	else echo "export: not available yet in this checkout, skipped"; fi
+	$(PY) main.py --mode=export --model=last --model_dir=$(DEMO_DIR) --export_dir=$(DEMO_DIR)/exported
 	$(PY) main.py --mode=predict --model=last --model_dir=$(DEMO_DIR) \
 		--images='data/shapes/images/val/00000[1-4].png' --output_dir=$(DEMO_DIR)/predictions
 	@echo

@@ -7,27 +7,14 @@ imports the mode's module and runs it. Tests and notebooks call it with a ``RunA
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Any
 
 from cli.common import CliError, Prepared, RunArgs, prepare
 
-__all__ = ["CliError", "RunArgs", "Prepared", "prepare", "export_available", "run"]
-
-
-def export_available() -> bool:
-    """Whether ``export.saved_model.export_from_checkpoint`` exists in this checkout."""
-    try:
-        if importlib.util.find_spec("export.saved_model") is None:
-            return False
-    except ImportError:
-        return False
-    return True
+__all__ = ["CliError", "RunArgs", "Prepared", "prepare", "run"]
 
 
 def _export(prep: Prepared) -> str:
-    if not export_available():
-        raise CliError("--mode=export is not available yet in this version (the export package is missing).")
     if prep.weights.kind != "last" and prep.weights.kind != "checkpoint":
         raise CliError("--mode=export reads a training checkpoint: pass --model=last or --model=<checkpoint "
                        "prefix>, not a .weights.h5 file.")
