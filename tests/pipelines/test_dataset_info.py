@@ -31,7 +31,7 @@ def test_pre_training_checks_import_no_tensorflow(tmp_path):
     code = f"""
 from pipelines import coco, dataset_check, dataset_info, image_check, image_header
 from cli.common import RunArgs, prepare
-args = dict(mode="train", model_dir={str(tmp_path / 'run')!r}, verbose=False,
+args = dict(mode="train", config="shapes", model_dir={str(tmp_path / 'run')!r}, verbose=False,
             config_override=["train.eval_every=5"], val_annotations={ann!r}, val_images={image_dir!r})
 json_run = prepare(RunArgs(train_annotations={ann!r}, train_images={image_dir!r}, **args))
 assert json_run.cfg.data.category_ids == (3, 7), json_run.cfg.data.category_ids
