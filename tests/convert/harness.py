@@ -22,10 +22,9 @@ from functools import cache
 
 import numpy as np
 
-from tests.convert.torch_env import import_torch
+from tests.torch_import import import_torch
 
-torch = import_torch()
-torchvision = __import__("torchvision")
+torch, torchvision = import_torch()
 
 MIN_SIZE, MAX_SIZE = 256, 384
 PRESETS = {"v1": "torchvision_r50_fpn", "v2": "torchvision_r50_fpn_v2"}

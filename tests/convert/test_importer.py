@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from tests.cli.common import tiny_args
-from tests.convert.torch_env import import_torch
+from tests.torch_import import import_torch
 
-torch = import_torch()
+torch, _ = import_torch()
 
 # Small inference sizes so that eval/predict/export of a ResNet-50 stay cheap on a CPU; the training
 # canvas (fine-tuning) is the shapes dataset's 128 px.

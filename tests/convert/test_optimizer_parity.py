@@ -15,9 +15,9 @@ import numpy as np
 
 from mrcnn_tf2.config import TrainConfig
 from mrcnn_tf2.training import CoupledWeightDecaySGD, build_optimizer
-from tests.convert.torch_env import import_torch
+from tests.torch_import import import_torch
 
-torch = import_torch()
+torch, _ = import_torch()
 
 LR, MOMENTUM, WD = 0.05, 0.9, 0.01  # a large decay so that coupled and decoupled differ clearly
 

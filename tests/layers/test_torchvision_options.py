@@ -16,9 +16,9 @@ from mrcnn_tf2.layers.fpn import FPN
 from mrcnn_tf2.layers.proposals import ProposalGenerator
 from mrcnn_tf2.layers.rpn_head import RPNHead
 from mrcnn_tf2.ops import anchors as anchor_ops
-from tests.convert.torch_env import import_torch
+from tests.torch_import import import_torch
 
-torch = import_torch()
+torch, _ = import_torch()
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models.detection import anchor_utils, image_list, rpn  # noqa: E402
 from torchvision.ops import feature_pyramid_network as tv_fpn  # noqa: E402

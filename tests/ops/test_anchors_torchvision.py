@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from mrcnn_tf2.ops import anchors as anchor_ops
-from tests.convert.torch_env import import_torch
+from tests.torch_import import import_torch
 
-torch = import_torch()
+torch, _ = import_torch()
 anchor_utils = pytest.importorskip("torchvision.models.detection.anchor_utils")
 image_list_lib = pytest.importorskip("torchvision.models.detection.image_list")
 

@@ -16,9 +16,9 @@ from pipelines.preprocess import (
     side_resize,
     side_scaled_size,
 )
-from tests.convert.torch_env import import_torch
+from tests.torch_import import import_torch
 
-torch = import_torch()
+torch, _ = import_torch()
 transform_lib = pytest.importorskip("torchvision.models.detection.transform")
 
 RESIZE = SideResize(800, 1333, 32)
