@@ -25,9 +25,10 @@ import tensorflow as tf
 from cli.common import Prepared
 from cli.weights import load_weights
 from mrcnn_tf2 import config as config_lib
-from mrcnn_tf2 import evaluation, training, visualize
+from mrcnn_tf2 import evaluation, visualize
 from mrcnn_tf2.builder import build_model
 from mrcnn_tf2.mask_paste import paste_masks
+from mrcnn_tf2.tensorboard_log import TensorBoardLogger
 from pipelines.coco import dataset_paths, ground_truth
 from pipelines.dataset_check import load_checked
 from pipelines.input_pipeline import build_dataset
@@ -153,7 +154,7 @@ def run(prep: Prepared) -> dict[str, Any]:
     with open(paths.metrics, "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     results_file = result.evaluator.write_results(paths.results(args.results_file))
-    logger = training.TensorBoardLogger(paths.model_dir)
+    logger = TensorBoardLogger(paths.model_dir)
     step = _step_of(prep.weights.path)
     logger.scalars("eval", metric_scalars(metrics), step)
     if result.images is not None:

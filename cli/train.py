@@ -43,8 +43,11 @@ from cli.common import CliError, Prepared, write_config
 from cli.evaluate import evaluate_model, metric_scalars
 from cli.weights import load_weights, restore_training_state
 from mrcnn_tf2 import config as config_lib
-from mrcnn_tf2 import evaluation, trainer, training
+from mrcnn_tf2 import evaluation, lr_schedule, trainer
 from mrcnn_tf2.builder import build_model
+from mrcnn_tf2.checkpoints import CheckpointKeeper
+from mrcnn_tf2.optimizer import build_optimizer
+from mrcnn_tf2.strategy import create_strategy
 from pipelines.coco import dataset_paths
 from pipelines.input_pipeline import build_dataset
 
@@ -75,7 +78,7 @@ def resolve_decay_steps(prep: Prepared) -> config_lib.Config:
     - resuming (``--model=last``, also with a new ``--train_layers`` or ``--steps``), the previous run's
       decay steps are kept, unless this run changes ``train.schedule`` or ``train.decay_fractions``
       (a run directory written before decay steps existed gets them from its own ``train.steps``);
-    - otherwise they are resolved from this run's ``train.steps`` (``training.absolute_decay_steps``).
+    - otherwise they are resolved from this run's ``train.steps`` (``lr_schedule.absolute_decay_steps``).
 
     The cosine schedule follows the same rule with one step, its end: resuming with a larger
     ``--steps`` keeps the end, so the LR stays 0 past it (a message says so); pass
@@ -85,12 +88,12 @@ def resolve_decay_steps(prep: Prepared) -> config_lib.Config:
     keys = {item.split("=", 1)[0].strip() for item in prep.args.config_override}
     from_run = prep.config_source == prep.paths.config  # the base config is this run's config.json
     if "train.decay_steps" in keys or (t.decay_steps and not from_run):
-        steps = training.absolute_decay_steps(t)
+        steps = lr_schedule.absolute_decay_steps(t)
     elif (prep.weights.kind == "last" and previous is not None and previous.train.schedule == t.schedule
           and previous.train.decay_fractions == t.decay_fractions):
-        steps = training.absolute_decay_steps(previous.train)
+        steps = lr_schedule.absolute_decay_steps(previous.train)
     else:
-        steps = training.absolute_decay_steps(dataclasses.replace(t, decay_steps=()))
+        steps = lr_schedule.absolute_decay_steps(dataclasses.replace(t, decay_steps=()))
     return config_lib.validate(dataclasses.replace(cfg, train=dataclasses.replace(t, decay_steps=steps)))
 
 
@@ -102,7 +105,7 @@ class TrainSession:
     strategy: tf.distribute.Strategy
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
-    keeper: training.CheckpointKeeper
+    keeper: CheckpointKeeper
     options: trainer.LoopOptions
     chief: bool
     eval_fn: Callable[[int], trainer.EvalOutput] | None = None
@@ -132,7 +135,7 @@ def setup(prep: Prepared) -> TrainSession:
     determinism for the process. The config gets absolute decay steps (:func:`resolve_decay_steps`).
     """
     cfg, args, paths = resolve_decay_steps(prep), prep.args, prep.paths
-    strategy = training.create_strategy(args.strategy, args.tpu)  # first: multi_worker wants it before any op
+    strategy = create_strategy(args.strategy, args.tpu)  # first: multi_worker wants it before any op
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     # The config decides (float32 unless train.mixed_precision): layers take their dtype policy when built.
@@ -148,12 +151,12 @@ def setup(prep: Prepared) -> TrainSession:
     keras.utils.set_random_seed(cfg.data.seed)  # Python, NumPy and TensorFlow: reproducible initialization
     with strategy.scope():
         model = build_model(cfg)
-        optimizer = training.build_optimizer(cfg.train, global_batch, cfg.train.mixed_precision)
+        optimizer = build_optimizer(cfg.train, global_batch, cfg.train.mixed_precision)
         model.compile(optimizer=optimizer, jit_compile=False)
         # The model compiles its per-replica part itself; the loop's step function is never XLA-compiled.
         model.jit_compile = cfg.train.jit_compile
         optimizer.build(model.trainable_variables)
-        keeper = training.CheckpointKeeper(paths.model_dir, model, optimizer, cfg.train.keep_checkpoints)
+        keeper = CheckpointKeeper(paths.model_dir, model, optimizer, cfg.train.keep_checkpoints)
         if prep.weights.kind == "last":
             restored = restore_training_state(keeper, optimizer, prep.previous_cfg, staged)
             loaded = (f"resuming {restored} at step {int(keeper.step.numpy())}"

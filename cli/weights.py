@@ -23,8 +23,8 @@ from absl import logging
 
 from cli.common import CliError, WeightsSource, read_config
 from mrcnn_tf2 import config as config_lib
-from mrcnn_tf2 import training
 from mrcnn_tf2.builder import build_model
+from mrcnn_tf2.checkpoints import CheckpointKeeper
 from mrcnn_tf2.layers.backbone import load_backbone_weights
 from mrcnn_tf2.run_dir import restore_model
 
@@ -133,7 +133,7 @@ def load_weights(model: keras.Model, source: WeightsSource, cfg: config_lib.Conf
     return message
 
 
-def restore_training_state(keeper: training.CheckpointKeeper, optimizer: keras.optimizers.Optimizer,
+def restore_training_state(keeper: CheckpointKeeper, optimizer: keras.optimizers.Optimizer,
                            previous_cfg: config_lib.Config | None, staged: bool) -> str:
     """Resumes from the newest checkpoint of ``keeper`` (``--model=last`` in training).
 

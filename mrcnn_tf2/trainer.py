@@ -30,7 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrcnn_tf2 import training
+from mrcnn_tf2.checkpoints import CheckpointKeeper, NonFiniteWeightsError
+from mrcnn_tf2.tensorboard_log import TensorBoardLogger
 
 __all__ = [
     "TrainingDivergedError",
@@ -164,7 +165,7 @@ def _diverged(step: int, logs: Mapping[str, float], last_saved: str | None) -> T
 
 def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
           dataset_fn: DatasetFn, options: LoopOptions,
-          keeper: training.CheckpointKeeper, eval_fn: Callable[[int], EvalOutput] | None = None,
+          keeper: CheckpointKeeper, eval_fn: Callable[[int], EvalOutput] | None = None,
           chief: bool = True) -> dict[str, float]:
     """Trains from ``keeper.step`` up to ``options.total_steps``.
 
@@ -196,10 +197,10 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
     if start >= options.total_steps:
         return logs
     write_dir = options.model_dir if chief else tempfile.mkdtemp(prefix="mrcnn_worker_")
-    logger = training.TensorBoardLogger(options.model_dir, enabled=chief)
+    logger = TensorBoardLogger(options.model_dir, enabled=chief)
     saver = keeper
     if not chief:  # non-chief workers must take part in saving (collectives), into a throwaway dir
-        saver = training.CheckpointKeeper(write_dir, keeper.model, keeper.optimizer, 1)
+        saver = CheckpointKeeper(write_dir, keeper.model, keeper.optimizer, 1)
         saver.step.assign(keeper.step)
         saver.epoch.assign(keeper.epoch)
     iterator = iter(distributed_dataset(strategy, dataset_fn, start))
@@ -250,7 +251,7 @@ def train(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: t
             if step % options.checkpoint_every == 0 or epoch_end or last:
                 try:
                     path = saver.save(step, epoch)
-                except training.NonFiniteWeightsError:
+                except NonFiniteWeightsError:
                     raise _diverged(step, logs, last_saved) from None
                 if chief:
                     last_saved = path

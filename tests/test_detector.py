@@ -20,9 +20,9 @@ import tensorflow as tf
 from pycocotools.coco import COCO
 
 from mrcnn_tf2 import Detection, Detector, build_model, config
+from mrcnn_tf2.checkpoints import CheckpointKeeper
 from mrcnn_tf2.detector import ImageError, ModelServe
 from mrcnn_tf2.run_dir import write_config
-from mrcnn_tf2.training import CheckpointKeeper
 from pipelines.preprocess import preprocess_image
 
 CATEGORY_IDS = (3, 7, 11)

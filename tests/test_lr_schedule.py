@@ -18,7 +18,7 @@ import tensorflow as tf
 import cli
 from cli import train as cli_train
 from cli.common import prepare, read_config, write_config
-from mrcnn_tf2 import config, training
+from mrcnn_tf2 import config, lr_schedule
 from tests.cli.common import tiny_args
 
 BASE_LR, WARMUP, FACTOR = 0.1, 10, 0.01
@@ -37,21 +37,21 @@ def _reference(step: int, total: int, schedule: str, boundaries: tuple[int, ...]
                                                   ("cosine", ())])
 def test_schedule_with_absolute_decay_steps_matches_reference(schedule, decay_steps):
     total = 100
-    sched = training.learning_rate_schedule(BASE_LR, total, WARMUP, FACTOR, schedule, (0.5, 0.8), 0.1, decay_steps)
+    sched = lr_schedule.learning_rate_schedule(BASE_LR, total, WARMUP, FACTOR, schedule, (0.5, 0.8), 0.1, decay_steps)
     boundaries = decay_steps if schedule == "step" and decay_steps else (50, 80)
     end = decay_steps[0] if schedule == "cosine" and decay_steps else 0
     for step in (0, 5, 10, 29, 30, 49, 50, 59, 60, 79, 80, 99, 100, 150):
         np.testing.assert_allclose(float(sched(step)), _reference(step, total, schedule, boundaries, end),
                                    rtol=1e-5, atol=1e-9, err_msg=str(step))
-    restored = training.WarmupDecaySchedule.from_config(sched.get_config())
+    restored = lr_schedule.WarmupDecaySchedule.from_config(sched.get_config())
     assert restored.decay_steps == tuple(decay_steps)
 
 
 def test_absolute_decay_steps():
     t = config.TrainConfig(steps=1000, decay_fractions=(0.667, 0.889))
-    assert training.absolute_decay_steps(t) == (667, 889)
-    assert training.absolute_decay_steps(config.TrainConfig(steps=300, schedule="cosine")) == (300,)
-    assert training.absolute_decay_steps(config.TrainConfig(steps=300, decay_steps=(10, 20))) == (10, 20)
+    assert lr_schedule.absolute_decay_steps(t) == (667, 889)
+    assert lr_schedule.absolute_decay_steps(config.TrainConfig(steps=300, schedule="cosine")) == (300,)
+    assert lr_schedule.absolute_decay_steps(config.TrainConfig(steps=300, decay_steps=(10, 20))) == (10, 20)
 
 
 def test_decay_steps_validation():
@@ -74,7 +74,7 @@ def _fake_run(root: str, args) -> config.Config:
 
 
 def _lrs(train_cfg: config.TrainConfig, steps: range) -> list[float]:
-    sched = training.learning_rate_schedule(BASE_LR, train_cfg.steps, train_cfg.warmup_steps, FACTOR,
+    sched = lr_schedule.learning_rate_schedule(BASE_LR, train_cfg.steps, train_cfg.warmup_steps, FACTOR,
                                             train_cfg.schedule, train_cfg.decay_fractions, 0.1,
                                             train_cfg.decay_steps)
     return [float(v) for v in sched(tf.constant(list(steps)))]  # elementwise over a vector of steps

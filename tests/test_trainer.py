@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn_tf2 import trainer, training
+from mrcnn_tf2 import trainer
+from mrcnn_tf2.checkpoints import CheckpointKeeper
+from mrcnn_tf2.lr_schedule import learning_rate_schedule
+from mrcnn_tf2.strategy import create_strategy
 
 
 class TinyLinear(keras.Model):
@@ -64,11 +67,11 @@ def _setup(model_dir, strategy=None):
     with strategy.scope():
         model = TinyLinear()
         model(tf.zeros([1, 1]))
-        schedule = training.learning_rate_schedule(0.05, 10, 2, 0.1, "cosine", (), 0.1)
+        schedule = learning_rate_schedule(0.05, 10, 2, 0.1, "cosine", (), 0.1)
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
-        keeper = training.CheckpointKeeper(str(model_dir), model, optimizer, max_to_keep=10)
+        keeper = CheckpointKeeper(str(model_dir), model, optimizer, max_to_keep=10)
     return strategy, model, optimizer, keeper
 
 
@@ -121,7 +124,7 @@ def test_resume_continues_exactly(tmp_path):
 
 @pytest.mark.parametrize("name", ["one_device", "mirrored"])
 def test_distributed_dataset_skips_consumed_batches(name):
-    strategy = training.create_strategy(name)
+    strategy = create_strategy(name)
 
     def fn(ctx, skip_batches):
         return tf.data.Dataset.range(100).batch(ctx.get_per_replica_batch_size(4)).skip(skip_batches)
@@ -190,13 +193,13 @@ def test_non_chief_writes_nothing_to_model_dir_and_removes_its_temporary_checkpo
     real_mkdtemp = tempfile.mkdtemp
     monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
     saved = []
-    real_save = training.CheckpointKeeper.save
+    real_save = CheckpointKeeper.save
 
     def save(self, step, epoch=None):
         saved.append((self.directory, step))
         return real_save(self, step, epoch)
 
-    monkeypatch.setattr(training.CheckpointKeeper, "save", save)
+    monkeypatch.setattr(CheckpointKeeper, "save", save)
 
     strategy, model, optimizer, keeper = _setup(tmp_path / "run")
     logs = trainer.train(model, optimizer, strategy, _dataset_fn(), _options(tmp_path / "run"), keeper, chief=False)

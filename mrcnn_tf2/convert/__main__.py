@@ -78,13 +78,13 @@ def convert(weights: str, variant: str, model_dir: str, overrides: list[str] | N
     mapped = tv.layer_weights(state_dict, variant)
     del state_dict
 
-    from mrcnn_tf2 import training  # TensorFlow starts here, after every input check
     from mrcnn_tf2.builder import build_model
+    from mrcnn_tf2.checkpoints import CheckpointKeeper  # TensorFlow starts here, after every input check
 
     model = build_model(cfg)
     tv.assign_weights(model, mapped)
     write_config(cfg, paths.config)
-    return training.CheckpointKeeper(model_dir, model, None, max_to_keep=1).save(0)
+    return CheckpointKeeper(model_dir, model, None, max_to_keep=1).save(0)
 
 
 def main(argv: list[str] | None = None) -> int:

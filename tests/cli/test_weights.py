@@ -14,7 +14,7 @@ import tensorflow as tf
 from cli.common import CliError, WeightsSource, find_checkpoint, prepare, run_config_path, write_config
 from cli.weights import load_weights
 from mrcnn_tf2 import build_model, config
-from mrcnn_tf2.training import CheckpointKeeper
+from mrcnn_tf2.checkpoints import CheckpointKeeper
 from tests.cli.common import tiny_args
 from tests.cli.test_bad_input import _check_one_paragraph, _main
 

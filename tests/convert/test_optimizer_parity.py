@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from mrcnn_tf2.config import TrainConfig
-from mrcnn_tf2.training import CoupledWeightDecaySGD, build_optimizer
+from mrcnn_tf2.optimizer import CoupledWeightDecaySGD, build_optimizer
 from tests.torch_import import import_torch
 
 torch, _ = import_torch()

@@ -116,7 +116,7 @@ def _our_batch(image: np.ndarray, mask_size: int) -> dict:
 
 @pytest.fixture(scope="module")
 def both():
-    from mrcnn_tf2 import training
+    from mrcnn_tf2.optimizer import build_optimizer
 
     image = harness.make_image(SIZE, SIZE, seed=2)
     tmodel = _torch_model()
@@ -139,7 +139,7 @@ def both():
     cfg, model = _our_model(num_anchors)
     batch = _our_batch(image, cfg.data.gt_mask_size)
     our_losses = {k: float(v) for k, v in model.compute_losses(batch, training=True).items()}
-    model.compile(optimizer=training.build_optimizer(cfg.train, global_batch_size=1))
+    model.compile(optimizer=build_optimizer(cfg.train, global_batch_size=1))
     ours_before = {id(v): np.asarray(v).copy() for v in model.trainable_variables}
     model.train_step(batch)
     return torch_losses, our_losses, (before, after), (model, ours_before)

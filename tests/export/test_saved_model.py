@@ -28,7 +28,7 @@ from export import client
 from export import saved_model as saved_model_lib
 from export.saved_model import export_from_checkpoint, export_saved_model, next_version, variables_bytes, weights_bytes
 from mrcnn_tf2 import build_model, config
-from mrcnn_tf2.training import CheckpointKeeper
+from mrcnn_tf2.checkpoints import CheckpointKeeper
 from pipelines.preprocess import preprocess_image
 from tests.export.image_files import png_bomb
 
