@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from cli.common import DEFAULT_CONFIG, MODES, CliError, RunArgs  # noqa: E402
+from cli.run_args import DEFAULT_CONFIG, MODES, CliError, RunArgs  # noqa: E402
 from mrcnn_tf2.config import STRATEGIES, TRAIN_LAYERS, ConfigError  # noqa: E402
 
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")

@@ -1,6 +1,6 @@
 """The command-line modes behind main.py: train, eval, export and predict.
 
-``run(args)`` validates everything it can before TensorFlow starts (``cli.common.prepare``), then
+``run(args)`` validates everything it can before TensorFlow starts (``cli.run_config.prepare``), then
 imports the mode's module and runs it. Tests and notebooks call it with a ``RunArgs`` directly.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cli.common import CliError, Prepared, RunArgs, prepare
+from cli.run_args import CliError, RunArgs
+from cli.run_config import Prepared, prepare
 
 __all__ = ["CliError", "RunArgs", "Prepared", "prepare", "run"]
 

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cli.common import Prepared
+from cli.run_config import Prepared
 from cli.weights import load_weights
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, visualize

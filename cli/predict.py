@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from cli.common import CliError, Prepared
+from cli.run_args import CliError
+from cli.run_config import Prepared
 from cli.weights import load_weights
 from mrcnn_tf2 import detector as detector_lib
 from mrcnn_tf2 import visualize

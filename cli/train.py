@@ -39,14 +39,16 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism has no public name
 
-from cli.common import CliError, Prepared, write_config
 from cli.evaluate import evaluate_model, metric_scalars
+from cli.run_args import CliError
+from cli.run_config import Prepared
 from cli.weights import load_weights, restore_training_state
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, lr_schedule, trainer
 from mrcnn_tf2.builder import build_model
 from mrcnn_tf2.checkpoints import CheckpointKeeper
 from mrcnn_tf2.optimizer import build_optimizer
+from mrcnn_tf2.run_dir import write_config
 from mrcnn_tf2.strategy import create_strategy
 from pipelines.coco import dataset_paths
 from pipelines.input_pipeline import build_dataset

@@ -21,12 +21,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from cli.common import CliError, WeightsSource, read_config
+from cli.run_args import CliError
+from cli.weights_source import WeightsSource
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2.builder import build_model
 from mrcnn_tf2.checkpoints import CheckpointKeeper
 from mrcnn_tf2.layers.backbone import load_backbone_weights
-from mrcnn_tf2.run_dir import restore_model
+from mrcnn_tf2.run_dir import read_config, restore_model
 
 __all__ = ["copy_matching_weights", "restore_model", "load_weights", "restore_training_state"]
 
@@ -88,7 +89,7 @@ def load_weights(model: keras.Model, source: WeightsSource, cfg: config_lib.Conf
 
     Args:
         model: a built model of ``cfg``.
-        source: from ``cli.common.prepare``.
+        source: from ``cli.run_config.prepare``.
         cfg: the config ``model`` was built from.
 
     Returns:

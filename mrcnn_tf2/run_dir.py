@@ -12,15 +12,43 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from mrcnn_tf2 import config as config_lib
 
-__all__ = ["CONFIG_FILE", "CHECKPOINTS_DIR", "read_config", "write_config", "find_checkpoint", "run_config_path",
-           "restore_model"]
+__all__ = ["CONFIG_FILE", "CHECKPOINTS_DIR", "RunPaths", "read_config", "write_config", "find_checkpoint",
+           "run_config_path", "restore_model"]
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The run directory layout (DESIGN.md section 4): config, checkpoints, evaluation output."""
+
+    model_dir: str
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.model_dir, CHECKPOINTS_DIR)
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.model_dir, CONFIG_FILE)
+
+    @property
+    def eval_dir(self) -> str:
+        return os.path.join(self.model_dir, "eval")
+
+    @property
+    def metrics(self) -> str:
+        return os.path.join(self.model_dir, "eval", "metrics.json")
+
+    def results(self, results_file: str) -> str:
+        """``--results_file``: absolute paths as given, relative ones inside the run directory."""
+        return results_file if os.path.isabs(results_file) else os.path.join(self.model_dir, results_file)
 
 
 def read_config(path: str) -> config_lib.Config:

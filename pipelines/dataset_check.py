@@ -3,7 +3,7 @@
 :func:`load_checked` is the one way the JSON path reads a dataset: ``pipelines.coco.load_coco``
 (annotation rules), then ``pipelines.image_check.check_images`` (every file, ``data.bad_images``,
 ``export.max_image_pixels``), then the rule that a dataset without a single usable instance is refused.
-The CLI calls :func:`check_datasets` in ``cli.common.prepare``, so bad data exits with status 2 before
+The CLI calls :func:`check_datasets` in ``cli.run_config.prepare``, so bad data exits with status 2 before
 TensorFlow is imported; the input pipeline and the evaluator then get the same records from a small
 in-process memo (keyed by the file's path, size and mtime and the settings), so training and evaluation
 see exactly the same images and instances.

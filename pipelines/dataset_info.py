@@ -1,6 +1,6 @@
 """Which dataset files a mode reads and what they hold, without TensorFlow.
 
-The CLI's checks before TensorFlow starts (``cli.common.prepare``) use this module: it reads only JSON
+The CLI's checks before TensorFlow starts (``cli.run_config.prepare``) use this module: it reads only JSON
 (a COCO instances file, or the ``dataset_info.json`` that ``python -m pipelines.tfrecord`` writes beside
 its shards) and lists files. ``pipelines.coco`` and ``pipelines.tfrecord`` re-export its names.
 

@@ -17,8 +17,9 @@ import tensorflow as tf
 
 import cli
 from cli import train as cli_train
-from cli.common import prepare, read_config, write_config
+from cli.run_config import prepare
 from mrcnn_tf2 import config, lr_schedule
+from mrcnn_tf2.run_dir import read_config, write_config
 from tests.cli.common import tiny_args
 
 BASE_LR, WARMUP, FACTOR = 0.1, 10, 0.01

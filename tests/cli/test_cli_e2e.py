@@ -18,9 +18,9 @@ from pycocotools.cocoeval import COCOeval
 
 import cli
 from cli import train as train_cli
-from cli.common import write_config
 from cli.weights import restore_model
 from mrcnn_tf2 import build_model
+from mrcnn_tf2.run_dir import write_config
 from tests.cli.common import tiny_args
 
 LOSS_TAGS = {"loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask", "grad_norm",

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from cli.common import CliError, RunArgs, prepare
+from cli.run_args import CliError, RunArgs
+from cli.run_config import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 import cli
-from cli.common import read_config
 from cli.train import WEIGHTS_DUMP_ENV
 from cli.weights import restore_model
 from mrcnn_tf2 import build_model
+from mrcnn_tf2.run_dir import read_config
 from tests.cli.common import TINY_OVERRIDES, tiny_args
 
 pytestmark = pytest.mark.slow

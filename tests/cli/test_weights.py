@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cli.common import CliError, WeightsSource, find_checkpoint, prepare, run_config_path, write_config
+from cli.run_args import CliError
+from cli.run_config import prepare
 from cli.weights import load_weights
+from cli.weights_source import WeightsSource
 from mrcnn_tf2 import build_model, config
 from mrcnn_tf2.checkpoints import CheckpointKeeper
+from mrcnn_tf2.run_dir import find_checkpoint, run_config_path, write_config
 from tests.cli.common import tiny_args
 from tests.cli.test_bad_input import _check_one_paragraph, _main
 

@@ -61,7 +61,7 @@ def _convert_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_run_dir_layout_and_values(run_v1, files):
-    from cli.common import find_checkpoint, read_config
+    from mrcnn_tf2.run_dir import find_checkpoint, read_config
 
     model_dir, prefix = run_v1
     assert prefix.endswith("ckpt-0") and find_checkpoint(os.path.join(model_dir, "checkpoints")) == prefix
