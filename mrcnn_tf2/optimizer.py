@@ -14,7 +14,8 @@ import keras
 from mrcnn_tf2.config import TrainConfig
 from mrcnn_tf2.lr_schedule import absolute_decay_steps, learning_rate_schedule, scaled_learning_rate
 
-__all__ = ["build_optimizer", "CoupledWeightDecaySGD", "NO_DECAY_PATTERN"]
+__all__ = ["build_optimizer", "CoupledWeightDecaySGD", "NO_DECAY_PATTERN", "NORM_PARAMETER_PATTERN",
+           "no_decay_pattern"]
 
 
 # Matched with ``re.search`` against each variable's ``name`` by Keras' ``exclude_from_weight_decay``.
@@ -22,6 +23,13 @@ __all__ = ["build_optimizer", "CoupledWeightDecaySGD", "NO_DECAY_PATTERN"]
 # ``tf.Variable`` name looks like ``dense/bias:0``. Batch norm, group norm and layer norm all name their
 # scale and offset ``gamma`` and ``beta``.
 NO_DECAY_PATTERN = r"(?:^|/)(?:gamma|beta|bias)(?::\d+)?$"
+NORM_PARAMETER_PATTERN = r"(?:^|/)(?:gamma|beta)(?::\d+)?$"
+
+
+def no_decay_pattern(decay_biases: bool) -> str:
+    """The variable-name pattern exempt from weight decay: normalization ``gamma``/``beta`` always, and
+    every ``bias`` unless ``decay_biases`` (``train.weight_decay_biases``)."""
+    return NORM_PARAMETER_PATTERN if decay_biases else NO_DECAY_PATTERN
 
 
 class CoupledWeightDecaySGD(keras.optimizers.SGD):
@@ -48,8 +56,8 @@ def build_optimizer(train_cfg: TrainConfig, global_batch_size: int,
     """SGD with momentum, the warm-up/decay schedule and weight decay (decoupled or coupled).
 
     The LR is ``train_cfg.learning_rate`` scaled by ``global_batch_size / reference_batch_size``. Weight
-    decay skips variables whose name matches ``NO_DECAY_PATTERN`` (normalization ``gamma``/``beta`` and
-    every ``bias``) and takes one of two forms (``train_cfg.weight_decay_mode``):
+    decay skips normalization ``gamma``/``beta``, and every ``bias`` unless ``train_cfg.weight_decay_biases``
+    (``no_decay_pattern``), and takes one of two forms (``train_cfg.weight_decay_mode``):
 
     - ``decoupled``: Keras' ``w -= lr * weight_decay * w`` each step. Unlike an L2 term in the loss it is
       not amplified by momentum (about ``1 / (1 - momentum)`` weaker than L2 with the same coefficient).
@@ -60,8 +68,9 @@ def build_optimizer(train_cfg: TrainConfig, global_batch_size: int,
 
     Args:
         train_cfg: ``TrainConfig``; reads learning_rate, reference_batch_size, momentum, weight_decay,
-            weight_decay_mode, warmup_steps, warmup_factor, schedule, decay_fractions, decay_rate, decay_steps
-            and steps (absolute ``decay_steps`` win over fractions of ``steps``; see ``absolute_decay_steps``).
+            weight_decay_mode, weight_decay_biases, warmup_steps, warmup_factor, schedule, decay_fractions,
+            decay_rate, decay_steps and steps (absolute ``decay_steps`` win over fractions of ``steps``; see
+            ``absolute_decay_steps``).
         global_batch_size: images per step over all replicas.
         mixed_precision: ``"float16"`` wraps the optimizer in ``keras.optimizers.LossScaleOptimizer``;
             ``""`` and ``"bfloat16"`` need no loss scaling.
@@ -80,7 +89,7 @@ def build_optimizer(train_cfg: TrainConfig, global_batch_size: int,
     sgd = CoupledWeightDecaySGD if mode == "coupled" else keras.optimizers.SGD
     optimizer = sgd(learning_rate=schedule, momentum=train_cfg.momentum,
                     weight_decay=train_cfg.weight_decay or None)
-    optimizer.exclude_from_weight_decay(var_names=[NO_DECAY_PATTERN])
+    optimizer.exclude_from_weight_decay(var_names=[no_decay_pattern(train_cfg.weight_decay_biases)])
     if mixed_precision == "float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     if mixed_precision not in ("", "bfloat16"):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from mrcnn_tf2.config import TrainConfig
 from mrcnn_tf2.lr_schedule import WarmupDecaySchedule, learning_rate_schedule, scaled_learning_rate
-from mrcnn_tf2.optimizer import NO_DECAY_PATTERN, build_optimizer
+from mrcnn_tf2.optimizer import NO_DECAY_PATTERN, build_optimizer, no_decay_pattern
 
 # Values below are worked out by hand from the documented formula
 # lr(step) = base * warmup(step) * decay(step), warmup(step) = factor + (1 - factor) * min(step / warmup, 1),
@@ -119,34 +119,39 @@ def test_weight_decay_skips_norm_and_bias():
             np.testing.assert_array_equal(v.numpy(), before[v.path], err_msg=v.path)
 
 
-def _decay_kinds(model: keras.Model) -> dict[int, str]:
+def _decay_kinds(model: keras.Model, decay_biases: bool) -> dict[int, str]:
     """{id(variable): "decay" | "keep"} from each layer's own attributes, not from variable names: the
-    kernels of convolutions and dense layers decay; biases and normalization scales/offsets do not."""
+    kernels of convolutions and dense layers decay, biases only when ``decay_biases``; normalization
+    scales/offsets never."""
     kinds = {}
+    bias_kind = "decay" if decay_biases else "keep"
     for layer in model._flatten_layers(include_self=False, recursive=True):
         for attr, kind in (("kernel", "decay"), ("depthwise_kernel", "decay"), ("pointwise_kernel", "decay"),
-                           ("bias", "keep"), ("gamma", "keep"), ("beta", "keep")):
+                           ("bias", bias_kind), ("gamma", "keep"), ("beta", "keep")):
             var = getattr(layer, attr, None)
             if isinstance(var, keras.Variable):
                 kinds[id(var)] = kind
     return kinds
 
 
-def test_weight_decay_on_the_real_models_variables():
-    """The shapes preset's MaskRCNN: zero gradients, so only decoupled weight decay can move a weight."""
-    from mrcnn_tf2 import build_model, config
+def _check_decay_on_model(cfg) -> None:
+    """Zero gradients, so only weight decay can move a weight: exactly the variables the rule names move,
+    by ``w * (1 - lr * wd)`` (the first step of both decay forms), and the rest stay bit-identical."""
+    from mrcnn_tf2 import build_model
 
-    cfg = config.apply_overrides(config.PRESETS["shapes"](), {"train.weight_decay": 0.05, "train.momentum": 0.9,
-                                                               "train.warmup_steps": 0})
     model = build_model(cfg)
     variables = model.trainable_variables
-    kinds = _decay_kinds(model)
+    kinds = _decay_kinds(model, cfg.train.weight_decay_biases)
     unclassified = [v.path for v in variables if id(v) not in kinds]
     assert not unclassified, f"variables of an unknown role: {unclassified[:5]}"
     assert {kinds[id(v)] for v in variables} == {"decay", "keep"}
+    has_bias = any(getattr(layer, "bias", None) is not None and layer.trainable
+                   for layer in model._flatten_layers(include_self=False, recursive=True))
+    assert has_bias  # otherwise weight_decay_biases would have nothing to act on
     opt = build_optimizer(cfg.train, global_batch_size=cfg.train.reference_batch_size)
     lr = float(opt.learning_rate)
     assert lr == pytest.approx(cfg.train.learning_rate)
+    wd = cfg.train.weight_decay
     rng = np.random.default_rng(0)
     for v in variables:  # biases and betas start at 0, which decay cannot move: make every value non-zero
         v.assign(rng.uniform(0.5, 1.5, v.shape).astype("float32"))
@@ -154,9 +159,42 @@ def test_weight_decay_on_the_real_models_variables():
     opt.apply_gradients([(tf.zeros_like(v), v) for v in variables])
     for v, old in zip(variables, before):
         if kinds[id(v)] == "decay":
-            np.testing.assert_allclose(v.numpy(), old * (1 - lr * 0.05), rtol=1e-6, atol=1e-12, err_msg=v.path)
+            np.testing.assert_allclose(v.numpy(), old * (1 - lr * wd), rtol=1e-6, atol=1e-12, err_msg=v.path)
         else:
             np.testing.assert_array_equal(v.numpy(), old, err_msg=v.path)
+
+
+@pytest.mark.parametrize("decay_biases, mode", [(False, "decoupled"), (True, "coupled")])
+def test_weight_decay_on_the_real_models_variables(decay_biases, mode):
+    """The shapes preset's MaskRCNN, biases exempt (default) or decayed (``train.weight_decay_biases``)."""
+    from mrcnn_tf2 import config
+
+    cfg = config.apply_overrides(config.PRESETS["shapes"](), {
+        "train.weight_decay": 0.05, "train.momentum": 0.9, "train.warmup_steps": 0,
+        "train.weight_decay_mode": mode, "train.weight_decay_biases": decay_biases})
+    _check_decay_on_model(cfg)
+
+
+def test_presets_bias_decay():
+    """torchvision's recipe decays every trainable parameter but frozen/normalization ones here; the COCO
+    presets keep detectron2's and Model Garden's rule (biases exempt)."""
+    from mrcnn_tf2 import config
+
+    want = {"shapes": False, "coco_r50_fpn": False, "coco_r101_fpn": False, "torchvision_r50_fpn": True,
+            "torchvision_r50_fpn_v2": True}
+    assert {name: config.PRESETS[name]().train.weight_decay_biases for name in want} == want
+
+
+@pytest.mark.slow
+def test_weight_decay_on_the_torchvision_v2_model():
+    """torchvision v2 (coupled decay, biases decayed; batch norm in FPN and heads stays exempt), at 128 px."""
+    from mrcnn_tf2 import config
+
+    cfg = config.apply_overrides(config.PRESETS["torchvision_r50_fpn_v2"](), {
+        "model.image_size": 128, "model.min_size": 128, "model.max_size": 128, "train.warmup_steps": 0,
+        "train.weight_decay": 0.05, "model.num_classes": 3})
+    assert cfg.train.weight_decay_biases and cfg.train.weight_decay_mode == "coupled"
+    _check_decay_on_model(cfg)
 
 
 def test_no_decay_pattern_names():
@@ -167,6 +205,12 @@ def test_no_decay_pattern_names():
         assert pattern.search(name), name
     for name in ["kernel", "depthwise_kernel", "alphabet", "beta_kernel", "bias_kernel", "dense/kernel:0"]:
         assert not pattern.search(name), name
+    assert no_decay_pattern(False) == NO_DECAY_PATTERN
+    norms_only = re.compile(no_decay_pattern(True))
+    for name in ["gamma", "beta", "bn/gamma:0", "gn/beta"]:
+        assert norms_only.search(name), name
+    for name in ["bias", "dense/bias:0", "kernel", "beta_kernel"]:
+        assert not norms_only.search(name), name
 
 
 def test_float16_wraps_loss_scale_optimizer():

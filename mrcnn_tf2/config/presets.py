@@ -111,7 +111,8 @@ def _torchvision(v2: bool) -> Config:
             anchor_rounding=True,
         ),
         data=DataConfig(data_dir="data/coco"),
-        train=TrainConfig(weight_decay_mode="coupled"),
+        # torch.optim.SGD's coupled decay, on biases too (references/detection/train.py decays every parameter)
+        train=TrainConfig(weight_decay_mode="coupled", weight_decay_biases=True),
     )
 
 

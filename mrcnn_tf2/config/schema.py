@@ -194,6 +194,9 @@ class TrainConfig:
     # "decoupled": Keras' w -= lr * wd * w; "coupled": wd * w added to the gradient before momentum
     # (torch.optim.SGD, torchvision and detectron2 recipes; about 1 / (1 - momentum) stronger).
     weight_decay_mode: str = "decoupled"
+    # Decay biases too (torchvision's reference recipe decays every trainable parameter). Normalization
+    # scales/offsets are never decayed; false exempts biases as well (detectron2, TF Model Garden).
+    weight_decay_biases: bool = False
     # Absolute LR decay steps, fixed at the start of a run and kept when a resume raises train.steps
     # (as detectron2's SOLVER.STEPS). step schedule: the steps at which the LR is multiplied by
     # decay_rate; cosine: one step, where the cosine reaches 0. Empty: resolved from decay_fractions of
