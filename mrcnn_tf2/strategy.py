@@ -21,7 +21,8 @@ class StrategyError(ValueError):
     """A strategy that cannot be created; the message says what to fix."""
 
 
-def _check_tf_config() -> None:
+def _check_tf_config() -> str:
+    """Checks ``TF_CONFIG``; returns this task's ``host:port``."""
     text = os.environ.get("TF_CONFIG", "")
     example = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                '"task": {"type": "worker", "index": 0}}\'')
@@ -40,6 +41,24 @@ def _check_tf_config() -> None:
             or not 0 <= task["index"] < len(members):
         raise StrategyError(f"TF_CONFIG task {task} does not name a member of the cluster "
                             f"{spec['cluster']}; {example}")
+    return str(members[task["index"]])
+
+
+def _multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
+    """``MultiWorkerMirroredStrategy`` from a checked ``TF_CONFIG``; a port it cannot bind is a ``StrategyError``."""
+    address = _check_tf_config()
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.OpError as e:
+        if "gRPC server" not in str(e):
+            raise
+        port = address.rpartition(":")[2]
+        raise StrategyError(
+            f"--strategy=multi_worker: this worker could not listen on {address}, its address in TF_CONFIG "
+            f"({type(e).__name__}: {e.message}). The port is most likely taken (by another program, another worker "
+            f"on this machine, or an earlier run that is still alive: `ss -ltnp | grep :{port}` shows which), or "
+            "the host is not an address of this machine. Free the port, or give this worker another one in the "
+            "TF_CONFIG of every worker (the cluster lists must be identical).") from None
 
 
 TPU_CONNECT_TIMEOUT_S = 10.0
@@ -94,7 +113,8 @@ def create_strategy(name: str, tpu_address: str = "") -> tf.distribute.Strategy:
             a TCP connection first (``TPU_CONNECT_TIMEOUT_S``): TensorFlow would wait minutes on a dead one.
 
     Raises:
-        StrategyError: unknown name, missing or invalid ``TF_CONFIG``, or no TPU reachable (the message
+        StrategyError: unknown name, missing or invalid ``TF_CONFIG``, a multi-worker port that cannot be
+            bound (its message quotes TensorFlow's "Could not start gRPC server"), or no TPU reachable (the message
             carries the first 200 characters of the underlying error).
     """
     if name == "one_device":
@@ -105,8 +125,7 @@ def create_strategy(name: str, tpu_address: str = "") -> tf.distribute.Strategy:
         devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
-        _check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy()
     if name == "tpu":
         return _tpu_strategy(tpu_address)
     raise StrategyError(f"unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}")

@@ -1,4 +1,5 @@
-"""--strategy=tpu without a TPU, and --mixed_precision values, through the real command line (fast).
+"""--strategy=tpu without a TPU, --strategy=multi_worker on a taken port, and --mixed_precision values,
+through the real command line (fast).
 
 A TPU cannot be tested here: these check only that an unreachable TPU fails within seconds with one
 paragraph and exit status 2 (TensorFlow alone would wait minutes on a grpc:// address that does not answer).
@@ -6,6 +7,7 @@ paragraph and exit status 2 (TensorFlow alone would wait minutes on a grpc:// ad
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -35,6 +37,24 @@ def test_unreachable_tpu_fails_fast_with_one_paragraph(tmp_path, tpu, expected):
     assert result.returncode == 2
     _check_one_paragraph(result, *expected)
     assert not (tmp_path / "run").exists()  # failed before writing anything
+
+
+def test_multi_worker_port_taken_is_one_paragraph(tmp_path):
+    """TF_CONFIG names a port this test holds bound and listening: exit 2 and one paragraph, no traceback."""
+    with socket.socket() as held, socket.socket() as other:
+        held.bind(("", 0))
+        held.listen()
+        other.bind(("", 0))
+        ports = [held.getsockname()[1], other.getsockname()[1]]
+        tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": 0}}
+        result = _main(tmp_path, "--mode=train", "--strategy=multi_worker", "--config=shapes", "--model=none", *TINY,
+                       env={"TF_CONFIG": json.dumps(tf_config)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    # TensorFlow's C++ runtime logs the failed bind itself (E0000 lines) before Python sees the error.
+    result.stderr = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("E0000"))
+    _check_one_paragraph(result, f"could not listen on localhost:{ports[0]}", "Could not start gRPC server",
+                         "port is most likely taken", f"grep :{ports[0]}")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("flags, shown", [
