@@ -19,10 +19,6 @@ steps and N/2 + N/2 resumed steps give bit-identical checkpoints.
 ``--mixed_precision`` sets the global Keras policy (``mixed_float16``/``mixed_bfloat16``) for the run;
 ``run`` restores the previous policy when it returns (``setup`` alone leaves it set). ``--jit_compile``
 sets ``model.jit_compile``: the model compiles its per-replica forward pass, losses and gradients.
-
-Test hook: with the environment variable ``MRCNN_TF2_WEIGHTS_DUMP=<file.npz>``, ``run`` writes the final
-model weights (``{weight.path: value}``) of this process there, so a test can check that every worker of
-a multi-worker run ends with the same weights.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism has no public name
 
@@ -53,9 +48,7 @@ from mrcnn_tf2.strategy import create_strategy
 from pipelines.coco import dataset_paths
 from pipelines.input_pipeline import build_dataset
 
-__all__ = ["WEIGHTS_DUMP_ENV", "count_train_images", "resolve_decay_steps", "TrainSession", "setup", "run"]
-
-WEIGHTS_DUMP_ENV = "MRCNN_TF2_WEIGHTS_DUMP"
+__all__ = ["count_train_images", "resolve_decay_steps", "TrainSession", "setup", "run"]
 
 
 def count_train_images(cfg: config_lib.Config) -> int:
@@ -202,9 +195,6 @@ def run(prep: Prepared) -> dict[str, Any]:
     try:
         session = setup(prep)
         logs = session.train()
-        dump = os.environ.get(WEIGHTS_DUMP_ENV)
-        if dump:
-            np.savez(dump, **{w.path: w.numpy() for w in session.model.weights})
     finally:
         keras.mixed_precision.set_global_policy(policy)
         if not determinism and tf_config.is_op_determinism_enabled():

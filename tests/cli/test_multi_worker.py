@@ -3,11 +3,13 @@
 Each worker is ``python main.py --mode=train --strategy=multi_worker ...`` with its own ``TF_CONFIG``
 (worker 0 = the chief). The test checks that both exit 0, that only the chief writes to ``--model_dir``
 (worker 1 gets its own, which must stay empty, and its temporary checkpoint folder is removed), that
-both end with bit-identical weights (each writes them to ``MRCNN_TF2_WEIGHTS_DUMP``, see ``cli.train``;
-batch-norm moving statistics excepted, see ``_worker_weights``), that the chief's last checkpoint holds
-the chief's final weights, and that ``--model=last`` resumes on two workers. A hung
-collective cannot hang CI: each run has a deadline, and a worker that fails stops the other. A port that
-another process takes between ``_free_ports`` and a worker's bind is retried on fresh ports (``PORT_TAKEN``).
+both end with bit-identical weights (each worker runs through ``tests/cli/dumping_worker.py``, which
+installs a callback that writes the process's final weights; batch-norm moving statistics excepted, see
+``_worker_weights``), that the chief's last checkpoint holds the chief's final weights, and that
+``--model=last`` resumes on two workers. A hung collective cannot hang CI: each run has a deadline (generous:
+it is there for hangs, and a loaded machine must not trip it), and a worker that fails stops the other. A
+port that another process takes between ``_free_ports`` and a worker's bind is retried on fresh ports
+(``PORT_TAKEN``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import numpy as np
 import pytest
 
 import cli
-from cli.train import WEIGHTS_DUMP_ENV
 from cli.weights import restore_model
 from mrcnn_tf2 import build_model
 from mrcnn_tf2.run_dir import read_config
@@ -34,7 +35,8 @@ from tests.cli.common import TINY_OVERRIDES, tiny_args
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEADLINE_S = 240
+WORKER = os.path.join(ROOT, "tests", "cli", "dumping_worker.py")  # main.py that also writes its final weights
+DEADLINE_S = 600
 BN_STATISTICS = ("/moving_mean", "/moving_variance")
 # The shapes preset cut down: 8 training images, a global batch of 2 (1 per worker), few anchors and ROIs.
 SMALL = TINY_OVERRIDES + ["model.rpn.anchors_per_image=64", "model.rpn.pre_nms_topk_train=100",
@@ -69,12 +71,12 @@ def _start_and_wait(tmp_path, name: str, model_dirs: list[str], flags: tuple[str
         tmp = tmp_path / f"tmp{index}"
         tmp.mkdir(exist_ok=True)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp),
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-                   **{WEIGHTS_DUMP_ENV: str(tmp_path / f"{name}_worker{index}.npz")})
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         log = open(tmp_path / f"{name}_worker{index}.log", "w")  # noqa: SIM115 - closed below
         logs.append(log)
-        command = [sys.executable, os.path.join(ROOT, "main.py"), "--mode=train", "--strategy=multi_worker",
-                   f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'shapes'}", "--batch_size=2",
+        command = [sys.executable, WORKER, str(tmp_path / f"{name}_worker{index}.npz"), "--mode=train",
+                   "--strategy=multi_worker", f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'shapes'}",
+                   "--batch_size=2",
                    *[f"--config_override={o}" for o in SMALL], *flags]
         procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env))
     deadline = time.monotonic() + DEADLINE_S
