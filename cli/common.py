@@ -67,6 +67,7 @@ class RunArgs:
     eval_every: int | None = None
     train_layers: str | None = None
     mixed_precision: str = ""  # "", "float16" or "bfloat16"
+    precision: str = ""  # eval/predict/export: "", "float32" or "bfloat16"; "" = the config's eval.precision
     jit_compile: bool = False
     deterministic: bool = False
     verbose: bool = True
@@ -194,6 +195,8 @@ def _flag_overrides(args: RunArgs) -> dict[str, object]:
         out["train.mixed_precision"] = args.mixed_precision
     if args.deterministic:
         out["train.deterministic"] = True
+    if args.precision:
+        out["eval.precision"] = args.precision
     return out
 
 
@@ -202,6 +205,20 @@ def _check_mixed_precision(args: RunArgs) -> None:
         raise CliError(f"--mixed_precision={args.mixed_precision} must be float16 (GPUs, with loss scaling) or "
                        "bfloat16 (TPUs); leave it out for float32. The flag takes a value: the bare "
                        "--mixed_precision of earlier versions is now --mixed_precision=float16.")
+
+
+def _check_precision(args: RunArgs) -> None:
+    """--precision: eval/predict/export only, float32 or bfloat16."""
+    if not args.precision:
+        return
+    if args.mode == "train":
+        raise CliError(f"--precision={args.precision} is for --mode=eval|predict|export (the inference compute "
+                       "precision). Training in bfloat16 is --mixed_precision=bfloat16 (float16 on GPUs: "
+                       "--mixed_precision=float16).")
+    if args.precision not in config_lib.PRECISIONS:
+        raise CliError(f"--precision={args.precision} must be float32 or bfloat16 (the Keras mixed_bfloat16 policy: "
+                       "bfloat16 compute, float32 weights; fast on CPUs with AVX512-BF16/AMX and on TPUs); leave it "
+                       "out for the config's eval.precision (float32 in the presets).")
 
 
 def _check_tpu_precision(args: RunArgs, cfg: config_lib.Config) -> None:
@@ -273,6 +290,7 @@ def prepare(args: RunArgs) -> Prepared:
         raise CliError(f"--mode={args.mode} is not one of {', '.join(MODES)}.")
     _check_positive(args)
     _check_mixed_precision(args)
+    _check_precision(args)
     if args.mode == "predict" and not args.images:
         raise CliError("--mode=predict needs --images, e.g. --images='photos/*.jpg' --output_dir=predictions/.")
     paths = RunPaths(args.model_dir)
