@@ -7,6 +7,13 @@ image of each and the ratio of the medians::
 
     python benchmarks/precision.py --size 1024 --runs 4
 
+With ``--run DIR --images GLOB`` it compares instead the detections of a trained run (``Detector.from_run``
+in both precisions, same checkpoint) on the images: each detection scoring at least ``--min-score`` in
+one precision is matched to the same-class detection of highest IoU in the other; prints how many match
+at IoU >= 0.9 and the score differences of those::
+
+    python benchmarks/precision.py --run logs/shapes --images 'data/shapes/images/val/*'
+
 bfloat16 is fast only where the CPU computes it natively (AVX512-BF16, AMX; ``lscpu | grep bf16``);
 elsewhere oneDNN emulates it and it can be slower than float32.
 """
@@ -42,13 +49,57 @@ def _image(size: int) -> np.ndarray:
     return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
 
 
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, M] IoU of y1x1y2x2 boxes."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=-1)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def agreement(run: str, pattern: str, min_score: float) -> dict:
+    """Detections of ``run`` in float32 against bfloat16 on the files of ``pattern`` (see the module docstring)."""
+    import glob
+
+    from mrcnn_tf2 import Detector
+
+    files = sorted(glob.glob(pattern))
+    results = {p: Detector.from_run(run, precision=p).detect(files) for p in ("float32", "bfloat16")}
+    compared, matched, ious, score_diffs = 0, 0, [], []
+    for full, low in zip(results["float32"], results["bfloat16"]):
+        for mine, other in ((full, low), (low, full)):
+            for box, category, score in zip(mine.boxes, mine.category_ids, mine.scores):
+                if score < min_score:
+                    continue
+                compared += 1
+                same = other.category_ids == category
+                iou = _box_iou(box[None], other.boxes[same])[0] if same.any() else np.zeros(1)
+                best = int(iou.argmax())
+                ious.append(float(iou[best]))
+                if iou[best] >= 0.9:
+                    matched += 1
+                    score_diffs.append(abs(float(score) - float(other.scores[same][best])))
+    diffs = np.asarray(score_diffs or [np.nan])
+    return {"run": run, "images": len(files), "min_score": min_score, "detections_compared": compared,
+            "matched_iou_0.9": matched, "lowest_best_iou": round(min(ious), 3) if ious else None,
+            "score_diff_median": round(float(np.median(diffs)), 4),
+            "score_diff_p99": round(float(np.percentile(diffs, 99)), 4), "score_diff_max": round(float(diffs.max()), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="coco_r50_fpn")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--run", default="", help="a trained run directory: compare its detections instead")
+    parser.add_argument("--images", default="", help="with --run: a glob of images")
+    parser.add_argument("--min-score", type=float, default=0.5)
     args = parser.parse_args()
+    if args.run:
+        print(json.dumps(agreement(args.run, args.images, args.min_score)))
+        return
 
     cfg = config.preset(args.config, overrides={"model.image_size": args.size})
     tf.keras.utils.set_random_seed(0)
