@@ -62,6 +62,9 @@ flags.DEFINE_string("mixed_precision", "",
                     "train: float16 (GPUs; dynamic loss scaling) or bfloat16 (TPUs, recent CPUs and GPUs): the "
                     "Keras mixed_<dtype> policy, variables stay float32 (train.mixed_precision). Empty: the "
                     "config's value (off in the presets).")
+flags.DEFINE_string("precision", "", "eval/predict/export: the compute precision, float32 or bfloat16 (the Keras "
+                    "mixed_bfloat16 policy; variables stay float32, so any checkpoint loads; an export records it "
+                    "and keeps its float32/int32 outputs) (eval.precision). Empty: the config's value (float32).")
 flags.DEFINE_bool("jit_compile", False, "train: compile each replica's forward pass, losses and gradients with "
                   "XLA (train.jit_compile); the cross-replica reduction and the update are not compiled.")
 flags.DEFINE_bool("deterministic", False, "train: bit-exact runs and resumes (train.deterministic): TensorFlow's "

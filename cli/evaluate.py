@@ -26,8 +26,8 @@ from cli.run_config import Prepared
 from cli.weights import load_weights
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, visualize
-from mrcnn_tf2.builder import build_model
 from mrcnn_tf2.mask_paste import paste_masks
+from mrcnn_tf2.precision import build_inference_model
 from mrcnn_tf2.tensorboard_log import TensorBoardLogger
 from pipelines.coco import dataset_paths, ground_truth
 from pipelines.dataset_check import load_checked
@@ -140,14 +140,17 @@ def _step_of(path: str) -> int:
 def run(prep: Prepared) -> dict[str, Any]:
     """``--mode=eval``: restores the weights, evaluates, writes metrics.json and the results file.
 
+    The model computes in ``eval.precision`` (``--precision``: float32 or bfloat16).
+
     Returns:
         The metrics dict (as written to metrics.json) plus ``results_file`` and ``metrics_file`` paths.
     """
     cfg, args, paths = prep.cfg, prep.args, prep.paths
-    model = build_model(cfg)
+    model = build_inference_model(cfg)  # eval.precision (--precision); the variables are float32 either way
     loaded = load_weights(model, prep.weights, cfg)
     if args.verbose:
-        print(f"Evaluating {prep.weights.path} on {dataset_paths(cfg, 'eval').annotations} ({loaded})", flush=True)
+        print(f"Evaluating {prep.weights.path} on {dataset_paths(cfg, 'eval').annotations} in "
+              f"{cfg.eval.precision} ({loaded})", flush=True)
     result = evaluate_model(model, cfg, cfg.eval.num_visualizations, verbose=args.verbose)
     metrics = dict(result.metrics, checkpoint=prep.weights.path)
     os.makedirs(paths.eval_dir, exist_ok=True)

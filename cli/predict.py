@@ -27,7 +27,7 @@ from cli.run_config import Prepared
 from cli.weights import load_weights
 from mrcnn_tf2 import detector as detector_lib
 from mrcnn_tf2 import visualize
-from mrcnn_tf2.builder import build_model
+from mrcnn_tf2.precision import build_inference_model
 
 __all__ = ["DRAW_THRESHOLD", "list_images", "load_image", "detection_records", "run"]
 
@@ -62,16 +62,17 @@ def detection_records(result: detector_lib.Detection) -> list[dict[str, Any]]:
 def run(prep: Prepared) -> dict[str, Any]:
     """``--mode=predict``; returns ``{"images": N, "output_dir": DIR, "files": [(png, json), ...]}``.
 
-    Inference is ``mrcnn_tf2.Detector`` over the restored model (``eval.batch_size`` images per call).
+    Inference is ``mrcnn_tf2.Detector`` over the restored model (``eval.batch_size`` images per call),
+    computing in ``eval.precision`` (``--precision``).
     """
     cfg, args = prep.cfg, prep.args
     files = list_images(args.images)
-    model = build_model(cfg)
+    model = build_inference_model(cfg)  # eval.precision (--precision); the variables are float32 either way
     loaded = load_weights(model, prep.weights, cfg)
     detector = detector_lib.Detector.from_model(model, cfg, source=prep.weights.path)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.verbose:
-        print(f"Predicting {len(files)} image(s) with {loaded}", flush=True)
+        print(f"Predicting {len(files)} image(s) in {cfg.eval.precision} with {loaded}", flush=True)
     written: list[tuple[str, str]] = []
     used: set[str] = set()
     for start in range(0, len(files), detector.batch_size):

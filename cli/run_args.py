@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mrcnn_tf2.config.choices import PRECISIONS
+
 __all__ = ["CliError", "MODES", "MIXED_PRECISION_FLAG", "DEFAULT_CONFIG", "RunArgs", "check_args", "flag_overrides"]
 
 MODES = ("train", "eval", "export", "predict")
@@ -43,6 +45,7 @@ class RunArgs:
     eval_every: int | None = None
     train_layers: str | None = None
     mixed_precision: str = ""  # "", "float16" or "bfloat16"
+    precision: str = ""  # eval/predict/export: "", "float32" or "bfloat16"; "" = the config's eval.precision
     jit_compile: bool = False
     deterministic: bool = False
     verbose: bool = True
@@ -71,6 +74,8 @@ def flag_overrides(args: RunArgs) -> dict[str, object]:
         out["train.mixed_precision"] = args.mixed_precision
     if args.deterministic:
         out["train.deterministic"] = True
+    if args.precision:
+        out["eval.precision"] = args.precision
     return out
 
 
@@ -79,6 +84,20 @@ def _check_mixed_precision(args: RunArgs) -> None:
         raise CliError(f"--mixed_precision={args.mixed_precision} must be float16 (GPUs, with loss scaling) or "
                        "bfloat16 (TPUs); leave it out for float32. The flag takes a value: the bare "
                        "--mixed_precision of earlier versions is now --mixed_precision=float16.")
+
+
+def _check_precision(args: RunArgs) -> None:
+    """--precision: eval/predict/export only, float32 or bfloat16."""
+    if not args.precision:
+        return
+    if args.mode == "train":
+        raise CliError(f"--precision={args.precision} is for --mode=eval|predict|export (the inference compute "
+                       "precision). Training in bfloat16 is --mixed_precision=bfloat16 (float16 on GPUs: "
+                       "--mixed_precision=float16).")
+    if args.precision not in PRECISIONS:
+        raise CliError(f"--precision={args.precision} must be float32 or bfloat16 (the Keras mixed_bfloat16 policy: "
+                       "bfloat16 compute, float32 weights; fast on CPUs with AVX512-BF16/AMX and on TPUs); leave it "
+                       "out for the config's eval.precision (float32 in the presets).")
 
 
 def _check_positive(args: RunArgs) -> None:
@@ -91,7 +110,8 @@ def _check_positive(args: RunArgs) -> None:
 
 
 def check_args(args: RunArgs) -> None:
-    """Refuses an unknown mode, non-positive counts, a bad ``--mixed_precision`` and predict without images.
+    """Refuses an unknown mode, non-positive counts, a bad ``--mixed_precision`` or ``--precision``, and
+    predict without images.
 
     Raises:
         CliError: the message names the flag and what to pass instead.
@@ -100,5 +120,6 @@ def check_args(args: RunArgs) -> None:
         raise CliError(f"--mode={args.mode} is not one of {', '.join(MODES)}.")
     _check_positive(args)
     _check_mixed_precision(args)
+    _check_precision(args)
     if args.mode == "predict" and not args.images:
         raise CliError("--mode=predict needs --images, e.g. --images='photos/*.jpg' --output_dir=predictions/.")

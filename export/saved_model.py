@@ -5,7 +5,8 @@ This module owns the on-disk layout of an export::
     <export_dir>/<version>/          version = 1 + the largest integer folder already there
         saved_model.pb               signatures serving_default (tf.string) and serve_image_tensor (uint8)
         variables/                   the weights the endpoints read, stored once
-        assets.extra/config.json     the resolved config (mrcnn_tf2.config.to_dict)
+        assets.extra/config.json     the resolved config (mrcnn_tf2.config.to_dict); eval.precision is
+                                     the precision the graph computes in (float32 or bfloat16)
         assets.extra/categories.json label -> dataset category id and name
 
 The SavedModel is written with ``keras.export.ExportArchive`` *without* ``track(model)``: the archive
@@ -15,6 +16,11 @@ variable handles that the MetaGraph's saver restores. That is what TF Serving's 
 a Keras 3 model loads in Python but fails there with "Could not find variable", and ``track(model)``
 stores every weight twice. TF Serving only reads ``assets.extra/tf_serving_warmup_requests`` from
 ``assets.extra/`` and ignores the other files.
+
+Precision: ``eval.precision=bfloat16`` (``--precision=bfloat16``) builds the model under the
+``mixed_bfloat16`` policy (``mrcnn_tf2/precision.py``): the graph's convolutions and dense layers run in
+bfloat16 on float32 variables, and the signatures keep their dtypes (uint8/string in; float32 boxes,
+scores and masks, int32 classes and counts out).
 
 A version is written into a hidden temporary folder and renamed into place when complete, so a model
 server polling ``<export_dir>`` never sees half a model.
@@ -34,7 +40,7 @@ import tensorflow as tf
 
 from export.serving import IMAGE_BYTES_SIGNATURE, IMAGE_TENSOR_SIGNATURE, ServingEndpoints
 from mrcnn_tf2 import config as config_lib
-from mrcnn_tf2.builder import build_model
+from mrcnn_tf2.precision import build_inference_model, model_precision
 from pipelines.preprocess import side_resize
 
 __all__ = ["SERVING_DEFAULT", "SERVE_IMAGE_TENSOR", "EXTRA_DIR", "CheckpointMismatchError", "next_version",
@@ -95,13 +101,15 @@ def export_saved_model(model: keras.Model, cfg: config_lib.Config, export_dir: s
         cfg: the resolved config; ``model.image_size``, ``model.pixel_normalization``,
             ``model.detection.max_detections``, ``model.roi.mask_size``, ``data.category_ids`` and
             ``export.max_image_pixels`` shape the signatures, and the whole config is written to
-            ``assets.extra/config.json``.
+            ``assets.extra/config.json``, its ``eval.precision`` set to what ``model`` computes in
+            (``bfloat16`` for a model built under ``mixed_bfloat16``, else ``float32``).
         export_dir: the model base path TF Serving watches (created if missing).
 
     Returns:
         ``<export_dir>/<version>``, a complete SavedModel with the signatures ``serving_default``
         (``images: tf.string [B]``) and ``serve_image_tensor`` (``images: tf.uint8 [B, h, w, 3]``).
     """
+    cfg = config_lib.apply_overrides(cfg, {"eval.precision": model_precision(model)})  # what the graph runs
     m = cfg.model
     endpoints = ServingEndpoints(model, m.image_size, m.pixel_normalization, cfg.data.category_ids,
                                  m.detection.max_detections, m.roi.mask_size, cfg.export.max_image_pixels,
@@ -132,9 +140,10 @@ def export_saved_model(model: keras.Model, cfg: config_lib.Config, export_dir: s
 def export_from_checkpoint(cfg: config_lib.Config, checkpoint: str, model_dir: str, export_dir: str) -> str:
     """Builds the model from ``cfg``, restores a training checkpoint and exports it.
 
-    Only the model is restored (optimizer slots in the checkpoint are ignored), and strictly: every model
-    variable must be in the checkpoint with its shape, so a checkpoint of another architecture is refused
-    instead of exported with some random weights.
+    The model computes in ``cfg.eval.precision`` (float32 or bfloat16; the variables are float32 in
+    both, so any checkpoint fits either). Only the model is restored (optimizer slots in the checkpoint
+    are ignored), and strictly: every model variable must be in the checkpoint with its shape, so a
+    checkpoint of another architecture is refused instead of exported with some random weights.
 
     Args:
         cfg: the resolved config the checkpoint was trained with.
@@ -151,7 +160,7 @@ def export_from_checkpoint(cfg: config_lib.Config, checkpoint: str, model_dir: s
         CheckpointMismatchError: the checkpoint lacks model variables or holds other shapes.
     """
     prefix = _resolve_checkpoint(checkpoint, model_dir)  # before building: fail fast
-    model = build_model(cfg)
+    model = build_inference_model(cfg)
     restore_model_strictly(model, prefix, cfg.name)
     return export_saved_model(model, cfg, export_dir)
 

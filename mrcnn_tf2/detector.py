@@ -1,7 +1,8 @@
 """Detector: trained weights in, full-image detections out, for notebooks, ``--mode=predict`` and clients.
 
 ``Detector.from_run(model_dir)`` (the newest checkpoint and ``config.json`` of a training run) and
-``Detector.from_saved_model(path)`` (an export of ``--mode=export``) give the same object:
+``Detector.from_saved_model(path)`` (an export of ``--mode=export``) give the same object (either may
+compute in bfloat16: ``from_run(..., precision="bfloat16")``, or an export made with ``--precision``):
 ``detect(images)`` takes file paths, encoded bytes (JPEG/PNG/BMP/GIF) or uint8 RGB arrays of any sizes
 and returns one :class:`Detection` per image in the image's own frame.
 
@@ -38,6 +39,7 @@ import tensorflow as tf
 from pycocotools import mask as mask_util
 
 from mrcnn_tf2 import config as config_lib
+from mrcnn_tf2 import precision as precision_lib
 from mrcnn_tf2 import run_dir, visualize
 from mrcnn_tf2.coco_categories import NO_CATEGORY
 from mrcnn_tf2.mask_paste import paste_masks
@@ -326,10 +328,12 @@ class Detector:
         batch_size: images per ``serve`` call.
         config: the model's config, when known.
         source: what the weights are (a checkpoint prefix, a SavedModel path), for messages.
+        precision: what the model computes in, ``float32`` or ``bfloat16`` (informative: ``serve`` decides).
     """
 
     def __init__(self, serve: ServeFn, category_ids: Sequence[int], category_names: Sequence[str],
-                 batch_size: int = 1, config: config_lib.Config | None = None, source: str = ""):
+                 batch_size: int = 1, config: config_lib.Config | None = None, source: str = "",
+                 precision: str = "float32"):
         if len(category_ids) != len(category_names):
             raise ValueError(f"{len(category_ids)} category ids but {len(category_names)} names")
         if batch_size < 1:
@@ -340,6 +344,7 @@ class Detector:
         self.batch_size = int(batch_size)
         self.config = config
         self.source = source
+        self.precision = precision
         # How box-relative masks are pasted: the model's rule (torchvision presets: torchvision's).
         self.paste_mode = config.model.detection.paste_mode if config is not None else "box"
         self._label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
@@ -360,11 +365,12 @@ class Detector:
         """
         batch_size = int(batch_size or cfg.eval.batch_size)
         ids, names = _categories(cfg)
-        return cls(ModelServe(model, cfg, preprocess, batch_size), ids, names, batch_size, cfg, source)
+        return cls(ModelServe(model, cfg, preprocess, batch_size), ids, names, batch_size, cfg, source,
+                   precision=precision_lib.model_precision(model))
 
     @classmethod
     def from_run(cls, model_dir: str, checkpoint: str | None = None, preprocess: PreprocessFn | None = None,
-                 batch_size: int | None = None) -> Detector:
+                 batch_size: int | None = None, precision: str | None = None) -> Detector:
         """The model of a training run: ``<model_dir>/config.json`` and its newest checkpoint.
 
         Args:
@@ -374,14 +380,18 @@ class Detector:
                 the newest one in ``<model_dir>/checkpoints``.
             preprocess: see :class:`ModelServe`.
             batch_size: images per model call (default ``eval.batch_size`` of the run's config).
+            precision: ``float32`` or ``bfloat16`` (the ``mixed_bfloat16`` policy: bfloat16 compute on the
+                float32 weights of any checkpoint; outputs stay float32); default: ``eval.precision`` of
+                the run's config (float32 unless set).
 
         Raises:
+            ValueError: ``precision`` is not float32 or bfloat16.
             FileNotFoundError: no ``config.json`` or no checkpoint.
             config.ConfigError: ``config.json`` is unreadable.
             ValueError, AssertionError: the checkpoint does not fit the model of ``config.json``.
         """
-        from mrcnn_tf2.builder import build_model
-
+        if precision is not None:
+            precision_lib.policy_name(precision)  # a bad value fails before anything is read
         config_path = os.path.join(model_dir, run_dir.CONFIG_FILE)
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"'{config_path}' does not exist: pass the run directory of --mode=train "
@@ -393,7 +403,9 @@ class Detector:
             raise FileNotFoundError(f"no checkpoint in '{where}': train first, or pass checkpoint= a prefix such "
                                     "as logs/run/checkpoints/ckpt-3000 (with ckpt-3000.index beside it)")
         cfg = run_dir.read_config(config_path)
-        model = build_model(cfg)
+        if precision is not None:
+            cfg = config_lib.apply_overrides(cfg, {"eval.precision": precision})
+        model = precision_lib.build_inference_model(cfg)
         run_dir.restore_model(model, prefix)
         return cls.from_model(model, cfg, preprocess, batch_size, source=prefix)
 
@@ -401,8 +413,9 @@ class Detector:
     def from_saved_model(cls, path: str, batch_size: int | None = None) -> Detector:
         """An export of ``--mode=export``: ``<export_dir>/<version>`` (or ``<export_dir>``: its newest version).
 
-        Runs the ``serve_image_tensor`` signature; the category names come from the
-        ``assets.extra/config.json`` that the export writes beside the SavedModel.
+        Runs the ``serve_image_tensor`` signature; the category names (and ``precision``, the export's
+        ``eval.precision``) come from the ``assets.extra/config.json`` that the export writes beside the
+        SavedModel.
 
         Args:
             path: the SavedModel folder, or the model base path holding integer versions.
@@ -428,7 +441,8 @@ class Detector:
                                     "--mode=export): the category names are unknown")
         batch_size = int(batch_size or (cfg.eval.batch_size if cfg is not None else 1))
         serve = _SavedModelServe(tf.saved_model.load(path))
-        return cls(serve, ids, names, batch_size, cfg, source=path)
+        return cls(serve, ids, names, batch_size, cfg, source=path,
+                   precision=cfg.eval.precision if cfg is not None else "float32")
 
     # --- inference ---
 
@@ -490,7 +504,7 @@ class Detector:
 
     def __repr__(self) -> str:
         return (f"Detector({self.source or 'custom serve'}, {len(self.category_ids)} categories, "
-                f"batch_size={self.batch_size})")
+                f"batch_size={self.batch_size}, precision={self.precision})")
 
 
 def _saved_model_version(path: str) -> str:

@@ -101,6 +101,10 @@ class MaskRCNN(keras.Model):
                  clip_norm: float = 10.0, anchor_offset: float = 0.5, anchor_rounding: bool = False,
                  roi_align_aligned: bool = True, roi_sampling_ratio: int = 2, roi_level_eps: float = 1e-5,
                  sampling_seed: int = 0, **kwargs):
+        # A float32 layer whatever the global policy: Keras casts every floating input of a layer to its
+        # compute dtype, and image_info (sizes up to 1333, scales) must not be rounded to bfloat16. The
+        # sub-layers keep the policy they were built with (the backbone casts the images itself).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.backbone = backbone
         self.fpn = fpn

@@ -18,6 +18,7 @@ from mrcnn_tf2.config.choices import (
     MIXED_PRECISION,
     NORMS,
     PIXEL_NORMALIZATIONS,
+    PRECISIONS,
     STRATEGIES,
     TRAIN_LAYERS,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "PIXEL_NORMALIZATIONS",
     "LR_SCHEDULES",
     "MIXED_PRECISION",
+    "PRECISIONS",
     "STRATEGIES",
     "LOSS_KEYS",
     "preset",

@@ -17,6 +17,8 @@ FPN_NORMS = ("", "none", "frozen_bn", "bn", "gn")
 LR_SCHEDULES = ("step", "cosine")
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 MIXED_PRECISION = ("", "float16", "bfloat16")
+# Inference compute precision (eval.precision, --precision; mrcnn_tf2/precision.py). Variables stay float32.
+PRECISIONS = ("float32", "bfloat16")
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
 LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
 BAD_IMAGES = ("error", "skip")  # data.bad_images: refuse the dataset, or drop unusable image files

@@ -211,6 +211,9 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 2
     num_visualizations: int = 4
+    # Compute precision of --mode=eval|predict|export and Detector.from_run: float32 or bfloat16 (the
+    # mixed_bfloat16 policy, float32 variables); an export records it in its config.json.
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from mrcnn_tf2.config.choices import (
     NORMS,
     PASTE_MODES,
     PIXEL_NORMALIZATIONS,
+    PRECISIONS,
     RESIZE_MODES,
     TRAIN_LAYERS,
     WEIGHT_DECAY_MODES,
@@ -119,6 +120,9 @@ def validate(cfg: Config) -> Config:
            f"train.weight_decay_mode='{t.weight_decay_mode}' is not one of {WEIGHT_DECAY_MODES}")
     _check(t.mixed_precision in MIXED_PRECISION,
            f"train.mixed_precision='{t.mixed_precision}' is not one of float16, bfloat16 or empty")
+    _check(cfg.eval.precision in PRECISIONS,
+           f"eval.precision='{cfg.eval.precision}' is not one of {', '.join(PRECISIONS)} (the inference "
+           "compute precision; float16 is for training only: train.mixed_precision)")
     _check(all(0 < f < 1 for f in t.decay_fractions), "train.decay_fractions must lie in (0, 1)")
     _check(all(b >= 0 for b in t.decay_steps) and list(t.decay_steps) == sorted(t.decay_steps),
            f"train.decay_steps={list(t.decay_steps)} must be steps >= 0 in increasing order")
