@@ -59,7 +59,8 @@ def layer_check() -> dict:
 
 def model_check() -> dict:
     """One real ``train_step`` of the shapes preset with ``model.sync_bn`` under MirroredStrategy, a different
-    image per replica; the statistics of every backbone and FPN batch norm and the input of the first one."""
+    image per replica; the statistics of every trainable batch norm (backbone, FPN, mask head) and the input
+    of the first one."""
     from mrcnn_tf2 import build_model, config
     from mrcnn_tf2.layers.norm import FrozenBatchNormalization
     from tests.helpers import two_object_batch
@@ -81,8 +82,7 @@ def model_check() -> dict:
     data = tf.data.Dataset.from_tensors(batch).unbatch().batch(2)
     inputs = next(iter(strategy.experimental_distribute_dataset(data)))
     tf.function(lambda x: strategy.run(model.train_step, args=(x,)))(inputs)
-    layers = [sub for part in (model.backbone, model.fpn)
-              for sub in part._flatten_layers(include_self=False, recursive=True)
+    layers = [sub for sub in model._flatten_layers(include_self=False, recursive=True)
               if isinstance(sub, keras.layers.BatchNormalization) and not isinstance(sub, FrozenBatchNormalization)]
     return {"first_input": first_input, "first": _stats(strategy, model.backbone.get_layer("conv_bn")),
             "layers": {layer.name: _stats(strategy, layer) for layer in layers}}

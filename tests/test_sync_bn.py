@@ -1,9 +1,9 @@
-"""``model.sync_bn``: trainable batch norm of the backbone and FPN takes its statistics from the global batch.
+"""``model.sync_bn``: trainable batch norm takes its statistics from the global batch of all replicas.
 
 Two replicas on two logical CPUs get different data. With ``sync_bn`` the moving statistics after one
 training step are those of the whole global batch (a NumPy reference) on both replicas; without it each
-replica keeps the statistics of its own half, and the replicas disagree. The RoI heads' batch norm stays
-per replica (see ``ModelConfig.sync_bn``). The distributed checks run in a fresh process
+replica keeps the statistics of its own half, and the replicas disagree. The distributed checks run in a
+fresh process
 (``tests/sync_bn_worker.py`` says why); this file compares their numbers with NumPy.
 """
 
@@ -60,17 +60,16 @@ def _trainable_bns(layer: keras.layers.Layer) -> list[keras.layers.BatchNormaliz
             if isinstance(sub, keras.layers.BatchNormalization) and not isinstance(sub, FrozenBatchNormalization)]
 
 
-def test_builder_passes_sync_bn_to_the_backbone_and_fpn_batch_norms():
+def test_builder_passes_sync_bn_to_every_trainable_batch_norm():
     for sync in (False, True):
         cfg = config.preset("shapes", overrides={"model.norm": "bn", "model.fpn_norm": "bn",
                                                  "model.roi.head_norm": "bn", "model.sync_bn": sync})
         model = build_model(cfg, build=False)
-        layers = _trainable_bns(model.backbone) + _trainable_bns(model.fpn)
-        assert {"conv_bn", "lateral_p2_bn", "output_p5_bn"} <= {layer.name for layer in layers}  # MobileNetV3, FPN
+        layers = _trainable_bns(model)
+        # MobileNetV3 (keras.applications), FPN, mask head
+        assert {"conv_bn", "lateral_p2_bn", "output_p5_bn", "bn_0"} <= {layer.name for layer in layers}
         assert [layer.synchronized for layer in layers] == [sync] * len(layers)
-        assert model.fpn.get_config()["sync_bn"] is sync
-        heads = _trainable_bns(model.box_head) + _trainable_bns(model.mask_head)
-        assert heads and not any(layer.synchronized for layer in heads)
+        assert all(part.get_config()["sync_bn"] is sync for part in (model.fpn, model.box_head, model.mask_head))
 
 
 @pytest.mark.slow
@@ -85,7 +84,7 @@ def test_training_step_on_two_replicas_uses_global_statistics():
     own_mean, own_var = _reference(out["first_input"][:1], (0, 1, 2))
     # The halves differ by far more than the tolerance: per-replica statistics could not pass the checks above.
     assert np.max(np.abs(own_var - want_var)) > 20 * 1e-4 * np.max(want_var)
-    assert len(out["layers"]) > 20
+    assert len(out["layers"]) > 20 and {"lateral_p2_bn", "bn_0"} <= set(out["layers"])  # FPN and a head too
     for name, stats in out["layers"].items():
         np.testing.assert_allclose(stats["mean"][0], stats["mean"][1], rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(stats["var"][0], stats["var"][1], rtol=1e-4, atol=1e-5, err_msg=name)
