@@ -39,7 +39,6 @@ __all__ = [
     "BACKBONE_CHANNELS",
     "FEATURE_STRIDES",
     "WeightsDownloadError",
-    "backbone_channels",
     "build_backbone",
     "feature_channels",
     "load_backbone_weights",
@@ -69,13 +68,6 @@ _DOWNLOAD_TIMEOUT_S = 20.0
 
 class WeightsDownloadError(RuntimeError):
     """The ImageNet weights could not be downloaded (no network, blocked host, bad cache)."""
-
-
-def backbone_channels(name: str) -> tuple[int, int, int, int]:
-    """Channel counts of ``[C2, C3, C4, C5]`` for backbone ``name``."""
-    if name not in BACKBONE_CHANNELS:
-        raise ValueError(f"unknown backbone '{name}'; choose one of {BACKBONES}")
-    return BACKBONE_CHANNELS[name]
 
 
 def build_backbone(

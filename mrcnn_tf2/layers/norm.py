@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from mrcnn_tf2.config.choices import NORMS
 
-__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "norm_layer", "is_norm_layer"]
+__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "norm_layer"]
 
 
 
@@ -145,8 +145,3 @@ def norm_layer(
         return keras.layers.GroupNormalization(groups=gn_groups, epsilon=epsilon,
                                                gamma_initializer=gamma_initializer, name=f"{prefix}_gn")
     raise ValueError(f"unknown norm '{norm}'; choose one of {NORMS}")
-
-
-def is_norm_layer(layer: keras.layers.Layer) -> bool:
-    """True for batch-norm (frozen or not) and group-norm layers."""
-    return isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))
