@@ -37,13 +37,13 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
     clip_bound = max(size, -(-m.max_size // m.size_divisibility) * m.size_divisibility) if short_side else size
     backbone = build_backbone(m.backbone, norm=m.norm, train_layers=m.train_layers,
                               image_size=None if short_side else size, gn_groups=m.gn_groups,
-                              **_resnet_options(m))
+                              sync_bn=m.sync_bn, **_resnet_options(m))
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = m.bn_momentum
     fpn_norm = m.fpn_norm or ("gn" if m.norm == "gn" else "none")
     fpn = FPN(min_level=m.min_level, max_level=m.max_level, num_channels=m.fpn_channels,
-              norm=None if fpn_norm == "none" else fpn_norm, gn_groups=m.gn_groups, name="fpn")
+              norm=None if fpn_norm == "none" else fpn_norm, gn_groups=m.gn_groups, sync_bn=m.sync_bn, name="fpn")
     rpn_head = RPNHead(num_anchors=len(m.aspect_ratios), num_channels=m.fpn_channels,
                        num_convs=m.rpn.head_convs, name="rpn_head")
     proposals_train = ProposalGenerator(m.rpn.pre_nms_topk_train, m.rpn.post_nms_topk_train,
@@ -56,9 +56,10 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
                              m.roi.bg_iou_threshold, m.roi.box_weights, name="roi_sampler")
     box_head = BoxHead(m.num_classes, fc_dim=m.roi.box_head_dim, num_fcs=m.roi.box_head_fcs,
                        num_convs=m.roi.box_head_convs, conv_dim=m.fpn_channels, norm=m.roi.head_norm,
-                       norm_momentum=m.bn_momentum, name="box_head")
+                       norm_momentum=m.bn_momentum, sync_bn=m.sync_bn, name="box_head")
     mask_head = MaskHead(m.num_classes, num_convs=m.roi.mask_head_convs, num_channels=m.roi.mask_head_channels,
-                         norm=m.roi.head_norm, norm_momentum=m.bn_momentum, name="mask_head")
+                         norm=m.roi.head_norm, norm_momentum=m.bn_momentum, sync_bn=m.sync_bn,
+                         name="mask_head")
     detection_generator = DetectionGenerator(m.detection.max_detections, m.detection.score_threshold,
                                              m.detection.nms_iou_threshold, m.detection.pre_nms_topk,
                                              m.roi.box_weights, clip_bound,

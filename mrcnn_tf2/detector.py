@@ -43,6 +43,7 @@ from mrcnn_tf2 import precision as precision_lib
 from mrcnn_tf2 import run_dir, visualize
 from mrcnn_tf2.coco_categories import NO_CATEGORY
 from mrcnn_tf2.mask_paste import paste_masks
+from mrcnn_tf2.original_frame import boxes_to_original
 
 __all__ = ["ImageError", "Detection", "Detector", "ModelServe", "default_preprocess", "load_image",
            "model_outputs_to_original"]
@@ -215,8 +216,8 @@ def model_outputs_to_original(outputs: Mapping[str, np.ndarray], image_info: np.
     """``MaskRCNN.call`` outputs (model-input pixels, labels 1..K) -> the SavedModel's outputs.
 
     A model-input point ``q`` came from the original point ``p = (q + offset) / scale`` (``image_info``
-    rows 3 and 2); boxes are clipped to ``[0, orig_h] x [0, orig_w]``; label ``k`` becomes
-    ``category_ids[k - 1]``; rows past ``num_detections`` are zero.
+    rows 3 and 2; ``original_frame.boxes_to_original``); boxes are clipped to ``[0, orig_h] x [0, orig_w]``;
+    label ``k`` becomes ``category_ids[k - 1]``; rows past ``num_detections`` are zero.
 
     Args:
         outputs: NumPy ``detection_boxes [B, D, 4]``, ``detection_scores [B, D]``, ``detection_classes
@@ -230,9 +231,7 @@ def model_outputs_to_original(outputs: Mapping[str, np.ndarray], image_info: np.
     num = np.asarray(outputs["num_detections"]).astype(np.int32)
     scores = np.asarray(outputs["detection_scores"], np.float32)
     valid = np.arange(scores.shape[1])[None, :] < num[:, None]  # [B, D]
-    info = np.asarray(image_info, np.float64)
-    scale, offset, limit = (np.tile(info[:, row], 2)[:, None, :] for row in (2, 3, 0))  # [B, 1, 4] each
-    boxes = np.clip((np.asarray(outputs["detection_boxes"], np.float64) + offset) / scale, 0.0, limit)
+    boxes = boxes_to_original(outputs["detection_boxes"], image_info)
     table = np.array([0] + [int(c) for c in category_ids], np.int64)
     labels = np.clip(np.asarray(outputs["detection_classes"]).astype(np.int64), 0, len(category_ids))
     return {"num_detections": num,

@@ -31,6 +31,7 @@ from pycocotools.cocoeval import COCOeval
 
 from mrcnn_tf2.coco_categories import is_real_category
 from mrcnn_tf2.mask_paste import paste_masks
+from mrcnn_tf2.original_frame import boxes_to_original
 
 __all__ = ["METRIC_KEYS", "detections_to_coco", "CocoEvaluator", "format_metrics"]
 
@@ -87,11 +88,8 @@ def detections_to_coco(outputs: Mapping[str, np.ndarray], image_info: np.ndarray
         n = int(out["num_detections"][b])
         if image_id < 0 or n == 0:
             continue
-        (orig_h, orig_w), _, (y_scale, x_scale), (y_off, x_off) = image_info[b]
-        height, width = round(orig_h), round(orig_w)
-        boxes = out["detection_boxes"][b, :n].astype(np.float64)
-        boxes = (boxes + [y_off, x_off, y_off, x_off]) / [y_scale, x_scale, y_scale, x_scale]
-        boxes = np.clip(boxes, 0.0, [orig_h, orig_w, orig_h, orig_w])
+        height, width = round(image_info[b, 0, 0]), round(image_info[b, 0, 1])
+        boxes = boxes_to_original(out["detection_boxes"][b, :n], image_info[b])
         labels = out["detection_classes"][b, :n].astype(np.int64)
         if labels.min() < 1 or labels.max() > len(category_ids):
             raise ValueError(f"image {image_id}: detection labels {labels.tolist()} "

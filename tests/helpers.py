@@ -46,3 +46,12 @@ def np_iou(a, b):
     inter = ih * iw
     area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
     return inter / (area(a) + area(b) - inter)
+
+
+def gradient_image(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth gradient with a bright rectangle and a little noise: [h, w, 3] uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    image = np.stack([yy * 255 / h, xx * 255 / w, np.full([h, w], 90.0)], -1)
+    image[h // 4: h // 2, w // 3: 2 * w // 3] = (230, 40, 40)
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)

@@ -24,19 +24,11 @@ from mrcnn_tf2.checkpoints import CheckpointKeeper
 from mrcnn_tf2.detector import ImageError, ModelServe
 from mrcnn_tf2.run_dir import write_config
 from pipelines.preprocess import preprocess_image
+from tests.helpers import gradient_image
 
 CATEGORY_IDS = (3, 7, 11)
 NAMES = ("square", "circle", "triangle")
 SIZES = ((50, 70), (90, 40), (128, 128))  # (h, w): wide, tall, the model's own size
-
-
-def _image(h: int, w: int, seed: int) -> np.ndarray:
-    """A gradient with a bright rectangle and a little noise: [h, w, 3] uint8."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    image = np.stack([yy * 255 / h, xx * 255 / w, np.full([h, w], 90.0)], -1)
-    image[h // 4: h // 2, w // 3: 2 * w // 3] = (230, 40, 40)
-    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ def run(tmp_path_factory):
     model_dir = str(root / "run")
     CheckpointKeeper(model_dir, model).save(5)
     write_config(cfg, os.path.join(model_dir, "config.json"))
-    images = [_image(h, w, seed=i + 2) for i, (h, w) in enumerate(SIZES)]
+    images = [gradient_image(h, w, seed=i + 2) for i, (h, w) in enumerate(SIZES)]
     paths = []
     for i, image in enumerate(images):
         paths.append(str(root / f"image{i}.png"))

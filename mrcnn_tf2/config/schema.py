@@ -93,6 +93,10 @@ class ModelConfig:
     gn_groups: int = 32
     # Moving-average momentum of trainable batch norm; from-scratch training wants fast statistics.
     bn_momentum: float = 0.99
+    # Trainable batch norm (norm / fpn_norm / roi.head_norm = "bn") computes its batch statistics over the
+    # global batch of all replicas (keras BatchNormalization(synchronized=True)): three small all-reduces per
+    # layer and step. Frozen batch norm has no batch statistics and is unaffected.
+    sync_bn: bool = False
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: ROIConfig = field(default_factory=ROIConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)

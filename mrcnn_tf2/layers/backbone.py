@@ -39,7 +39,6 @@ __all__ = [
     "BACKBONE_CHANNELS",
     "FEATURE_STRIDES",
     "WeightsDownloadError",
-    "backbone_channels",
     "build_backbone",
     "feature_channels",
     "load_backbone_weights",
@@ -71,13 +70,6 @@ class WeightsDownloadError(RuntimeError):
     """The ImageNet weights could not be downloaded (no network, blocked host, bad cache)."""
 
 
-def backbone_channels(name: str) -> tuple[int, int, int, int]:
-    """Channel counts of ``[C2, C3, C4, C5]`` for backbone ``name``."""
-    if name not in BACKBONE_CHANNELS:
-        raise ValueError(f"unknown backbone '{name}'; choose one of {BACKBONES}")
-    return BACKBONE_CHANNELS[name]
-
-
 def build_backbone(
     name: str,
     norm: str = "frozen_bn",
@@ -87,6 +79,7 @@ def build_backbone(
     stride_in_1x1: bool = True,
     conv_bias: bool = True,
     bn_epsilon: float = 1.001e-5,
+    sync_bn: bool = False,
 ) -> keras.Model:
     """Builds a backbone with randomly initialized weights (see :func:`load_backbone_weights`).
 
@@ -105,6 +98,8 @@ def build_backbone(
         conv_bias: ResNet only: convolutions carry a bias (keras.applications) or not (torchvision).
         bn_epsilon: ResNet only: batch-norm variance epsilon (keras.applications 1.001e-5, torchvision
             1e-5; its v1 COCO checkpoint uses 0). Group norm always uses 1e-5.
+        sync_bn: ``norm="bn"``: batch statistics over all replicas of a ``tf.distribute`` strategy
+            (``BatchNormalization(synchronized=True)``); frozen batch norm has none to synchronize.
 
     Returns:
         A functional ``keras.Model`` taking ``images [B, H, W, 3] float32`` (normalized as described in
@@ -127,6 +122,9 @@ def build_backbone(
     else:
         model = _build_resnet(name, norm, train_layers, image_size, gn_groups,
                               _ResNetLayout(stride_in_1x1, conv_bias, bn_epsilon))
+    for layer in model.layers:  # ResNet's norm_layer and keras.applications' MobileNetV3 alike
+        if isinstance(layer, keras.layers.BatchNormalization) and not isinstance(layer, FrozenBatchNormalization):
+            layer.synchronized = sync_bn
     model.feature_channels = BACKBONE_CHANNELS[name]
     model.feature_strides = FEATURE_STRIDES
     return model

@@ -19,7 +19,8 @@ import tensorflow as tf
 from mrcnn_tf2.config.choices import HEAD_NORMS
 
 
-def head_norm_layer(norm: str, index: int, momentum: float = 0.99, gn_groups: int = 32) -> keras.layers.Layer:
+def head_norm_layer(norm: str, index: int, momentum: float = 0.99, gn_groups: int = 32,
+                    synchronized: bool = False) -> keras.layers.Layer:
     """The normalization after head conv ``index``: ``bn_{index}`` (BatchNormalization, eps 1e-5) or ``gn_{index}``.
 
     Args:
@@ -27,9 +28,11 @@ def head_norm_layer(norm: str, index: int, momentum: float = 0.99, gn_groups: in
         index: the conv's index (names the layer).
         momentum: moving-average momentum of ``bn`` (Keras convention: torch's 0.1 is 0.9).
         gn_groups: groups of ``gn``.
+        synchronized: ``bn`` only: batch statistics over all replicas of a ``tf.distribute`` strategy.
     """
     if norm == "bn":
-        return keras.layers.BatchNormalization(epsilon=1e-5, momentum=momentum, name=f"bn_{index}")
+        return keras.layers.BatchNormalization(epsilon=1e-5, momentum=momentum, synchronized=synchronized,
+                                               name=f"bn_{index}")
     if norm == "gn":
         return keras.layers.GroupNormalization(groups=gn_groups, epsilon=1e-5, name=f"gn_{index}")
     raise ValueError(f"head norm must be one of {HEAD_NORMS}, got {norm!r}")
@@ -47,10 +50,12 @@ class BoxHead(keras.layers.Layer):
       conv_dim: their channels (256).
       norm: ``"none"``, ``"bn"`` or ``"gn"`` after each conv (the conv then has no bias); ReLU follows.
       norm_momentum: moving-average momentum of ``"bn"``.
+      sync_bn: ``"bn"`` computes batch statistics over all replicas (``BatchNormalization(synchronized=True)``).
     """
 
     def __init__(self, num_classes: int, fc_dim: int = 1024, num_fcs: int = 2, num_convs: int = 0,
-                 conv_dim: int = 256, norm: str = "none", norm_momentum: float = 0.99, **kwargs):
+                 conv_dim: int = 256, norm: str = "none", norm_momentum: float = 0.99, sync_bn: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         if norm not in HEAD_NORMS:
             raise ValueError(f"BoxHead norm must be one of {HEAD_NORMS}, got {norm!r}")
@@ -61,13 +66,14 @@ class BoxHead(keras.layers.Layer):
         self.conv_dim = conv_dim
         self.norm = norm
         self.norm_momentum = norm_momentum
+        self.sync_bn = sync_bn
         # One attribute per sublayer: tf.train.Checkpoint does not see layers held in a list.
         for i in range(num_convs):
             setattr(self, f"conv_{i}", keras.layers.Conv2D(
                 conv_dim, 3, padding="same", use_bias=norm == "none",
                 kernel_initializer=keras.initializers.HeNormal(), name=f"conv_{i}"))
             if norm != "none":
-                setattr(self, f"{norm}_{i}", head_norm_layer(norm, i, norm_momentum))
+                setattr(self, f"{norm}_{i}", head_norm_layer(norm, i, norm_momentum, synchronized=sync_bn))
         for i in range(num_fcs):
             setattr(self, f"fc_{i}", keras.layers.Dense(fc_dim, activation="relu", name=f"fc_{i}"))
         self.class_logits = keras.layers.Dense(
@@ -126,5 +132,5 @@ class BoxHead(keras.layers.Layer):
         config = super().get_config()
         config.update(num_classes=self.num_classes, fc_dim=self.fc_dim, num_fcs=self.num_fcs,
                       num_convs=self.num_convs, conv_dim=self.conv_dim, norm=self.norm,
-                      norm_momentum=self.norm_momentum)
+                      norm_momentum=self.norm_momentum, sync_bn=self.sync_bn)
         return config

@@ -42,6 +42,7 @@ class FPN(keras.layers.Layer):
             (GroupNormalization), ``"bn"`` (trainable batch norm) or ``"frozen_bn"`` (batch norm with
             frozen statistics; torchvision's v2 FPN is ``norm_layer=BatchNorm2d``, eps 1e-5).
         gn_groups: groups of each GroupNormalization.
+        sync_bn: ``norm="bn"`` computes batch statistics over all replicas (``synchronized=True``).
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype, trainable).
     """
 
@@ -54,6 +55,7 @@ class FPN(keras.layers.Layer):
         backbone_max_level: int = 5,
         norm: str | None = None,
         gn_groups: int = 32,
+        sync_bn: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,6 +74,7 @@ class FPN(keras.layers.Layer):
         self.backbone_max_level = backbone_max_level
         self.norm = norm
         self.gn_groups = gn_groups
+        self.sync_bn = sync_bn
         # Levels computed from backbone features (the rest are pooled): min_level..top_level.
         self._top_level = min(max_level, backbone_max_level)
         # One attribute per sublayer (lateral_p2_conv, lateral_p2_gn, output_p2_conv, ...): Keras 3 keeps
@@ -82,7 +85,7 @@ class FPN(keras.layers.Layer):
                 setattr(self, f"{prefix}_conv", keras.layers.Conv2D(
                     num_channels, kernel, padding="same", use_bias=norm is None, name=f"{prefix}_conv"))
                 if norm is not None:
-                    layer = norm_layer(norm, prefix, channels=num_channels, gn_groups=gn_groups)
+                    layer = norm_layer(norm, prefix, channels=num_channels, gn_groups=gn_groups, synchronized=sync_bn)
                     setattr(self, layer.name, layer)
         # Nearest-neighbour upsampling; a layer, so it also works for unknown H and W.
         self._upsample = keras.layers.UpSampling2D(2, interpolation="nearest", name="upsample")
@@ -156,5 +159,6 @@ class FPN(keras.layers.Layer):
             backbone_max_level=self.backbone_max_level,
             norm=self.norm,
             gn_groups=self.gn_groups,
+            sync_bn=self.sync_bn,
         )
         return config

@@ -28,10 +28,11 @@ class MaskHead(keras.layers.Layer):
       num_channels: their width (256 in the paper).
       norm: ``"none"``, ``"bn"`` or ``"gn"`` after each 3x3 conv (the conv then has no bias).
       norm_momentum: moving-average momentum of ``"bn"``.
+      sync_bn: ``"bn"`` computes batch statistics over all replicas (``BatchNormalization(synchronized=True)``).
     """
 
     def __init__(self, num_classes: int, num_convs: int = 4, num_channels: int = 256, norm: str = "none",
-                 norm_momentum: float = 0.99, **kwargs):
+                 norm_momentum: float = 0.99, sync_bn: bool = False, **kwargs):
         super().__init__(**kwargs)
         if norm not in HEAD_NORMS:
             raise ValueError(f"MaskHead norm must be one of {HEAD_NORMS}, got {norm!r}")
@@ -40,6 +41,7 @@ class MaskHead(keras.layers.Layer):
         self.num_channels = num_channels
         self.norm = norm
         self.norm_momentum = norm_momentum
+        self.sync_bn = sync_bn
         init = keras.initializers.HeNormal()
         # One attribute per sublayer: tf.train.Checkpoint does not see layers held in a list.
         for i in range(num_convs):
@@ -47,7 +49,7 @@ class MaskHead(keras.layers.Layer):
                 num_channels, 3, padding="same", activation="relu" if norm == "none" else None,
                 use_bias=norm == "none", kernel_initializer=init, name=f"conv_{i}"))
             if norm != "none":
-                setattr(self, f"{norm}_{i}", head_norm_layer(norm, i, norm_momentum))
+                setattr(self, f"{norm}_{i}", head_norm_layer(norm, i, norm_momentum, synchronized=sync_bn))
         self.upsample = keras.layers.Conv2DTranspose(num_channels, 2, strides=2, activation="relu",
                                                      kernel_initializer=init, name="upsample")
         self.mask_logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer=init, name="mask_logits")
@@ -94,5 +96,6 @@ class MaskHead(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(num_classes=self.num_classes, num_convs=self.num_convs,
-                      num_channels=self.num_channels, norm=self.norm, norm_momentum=self.norm_momentum)
+                      num_channels=self.num_channels, norm=self.norm, norm_momentum=self.norm_momentum,
+                      sync_bn=self.sync_bn)
         return config

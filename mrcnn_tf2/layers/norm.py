@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from mrcnn_tf2.config.choices import NORMS
 
-__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "norm_layer", "is_norm_layer"]
+__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "norm_layer"]
 
 
 
@@ -112,6 +112,7 @@ def norm_layer(
     gn_groups: int = 32,
     epsilon: float = 1e-5,
     gamma_initializer: str = "ones",
+    synchronized: bool = False,
 ) -> keras.layers.Layer:
     """Creates the normalization layer for ``norm``, named ``{prefix}_bn`` or ``{prefix}_gn``.
 
@@ -123,6 +124,7 @@ def norm_layer(
         gn_groups: number of groups for ``gn``.
         epsilon: variance epsilon.
         gamma_initializer: initializer of the scale (``"zeros"`` for the last norm of a residual branch).
+        synchronized: ``bn`` only: batch statistics over all replicas of a ``tf.distribute`` strategy.
 
     Returns:
         An unbuilt Keras layer mapping ``[B, H, W, C]`` to ``[B, H, W, C]``.
@@ -135,7 +137,7 @@ def norm_layer(
                                         name=f"{prefix}_bn")
     if norm == "bn":
         return keras.layers.BatchNormalization(epsilon=epsilon, gamma_initializer=gamma_initializer,
-                                               name=f"{prefix}_bn")
+                                               synchronized=synchronized, name=f"{prefix}_bn")
     if norm == "gn":
         if channels is not None and channels % gn_groups:
             raise ValueError(f"GroupNormalization '{prefix}_gn': {channels} channels are not divisible by "
@@ -143,8 +145,3 @@ def norm_layer(
         return keras.layers.GroupNormalization(groups=gn_groups, epsilon=epsilon,
                                                gamma_initializer=gamma_initializer, name=f"{prefix}_gn")
     raise ValueError(f"unknown norm '{norm}'; choose one of {NORMS}")
-
-
-def is_norm_layer(layer: keras.layers.Layer) -> bool:
-    """True for batch-norm (frozen or not) and group-norm layers."""
-    return isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization))

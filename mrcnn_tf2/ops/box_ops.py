@@ -22,8 +22,6 @@ __all__ = [
     "clip_boxes",
     "box_area",
     "box_iou",
-    "xywh_to_yxyx",
-    "yxyx_to_xywh",
 ]
 
 # Smallest height/width used in divisions and logarithms, so degenerate boxes stay finite.
@@ -183,31 +181,3 @@ def box_iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
     intersection = inter_h * inter_w
     union = area1 + area2 - intersection
     return tf.math.divide_no_nan(intersection, union)
-
-
-def xywh_to_yxyx(boxes: tf.Tensor) -> tf.Tensor:
-    """Converts COCO ``[x, y, w, h]`` boxes to ``[y1, x1, y2, x2]``.
-
-    Args:
-        boxes: ``[..., 4]`` float32, x y w h (top-left corner and size) in pixels.
-
-    Returns:
-        ``[..., 4]`` float32, y1x1y2x2 in the same pixels.
-    """
-    boxes = _as_boxes(boxes)
-    x, y, w, h = tf.unstack(boxes, axis=-1)
-    return tf.stack([y, x, y + h, x + w], axis=-1)
-
-
-def yxyx_to_xywh(boxes: tf.Tensor) -> tf.Tensor:
-    """Converts ``[y1, x1, y2, x2]`` boxes to COCO ``[x, y, w, h]``.
-
-    Args:
-        boxes: ``[..., 4]`` float32, y1x1y2x2 in pixels.
-
-    Returns:
-        ``[..., 4]`` float32, x y w h in the same pixels.
-    """
-    boxes = _as_boxes(boxes)
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
-    return tf.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)

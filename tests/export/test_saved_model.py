@@ -31,6 +31,7 @@ from mrcnn_tf2 import build_model, config
 from mrcnn_tf2.checkpoints import CheckpointKeeper
 from pipelines.preprocess import preprocess_image
 from tests.export.image_files import png_bomb
+from tests.helpers import gradient_image
 
 OUTPUTS = {"num_detections": (tf.int32, 1), "detection_boxes": (tf.float32, 3),
            "detection_classes": (tf.int32, 2), "detection_scores": (tf.float32, 2),
@@ -43,15 +44,6 @@ MAX_PIXELS = 6000  # export.max_image_pixels of the export: above every test ima
 
 # One export, one fresh TensorFlow process and a second export: about 45 s on 2 CPU cores.
 pytestmark = pytest.mark.slow
-
-
-def _image(h: int, w: int, seed: int) -> np.ndarray:
-    """A smooth gradient with a bright rectangle and a little noise: [h, w, 3] uint8."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    image = np.stack([yy * 255 / h, xx * 255 / w, np.full([h, w], 90.0)], -1)
-    image[h // 4: h // 2, w // 3: 2 * w // 3] = (230, 40, 40)
-    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +66,9 @@ def exported(tmp_path_factory):
     CheckpointKeeper(str(root / "model_dir"), model, optimizer).save(7)
     export_dir = str(root / "exported")
     path = export_from_checkpoint(cfg, "last", str(root / "model_dir"), export_dir)
-    encoded = [tf.io.encode_png(_image(*SIZES[0], seed=2)).numpy(),
-               tf.io.encode_jpeg(_image(*SIZES[1], seed=3), quality=90).numpy()]
-    tensor_batch = np.stack([_image(*TENSOR_HW, seed=4), _image(*TENSOR_HW, seed=5)])
+    encoded = [tf.io.encode_png(gradient_image(*SIZES[0], seed=2)).numpy(),
+               tf.io.encode_jpeg(gradient_image(*SIZES[1], seed=3), quality=90).numpy()]
+    tensor_batch = np.stack([gradient_image(*TENSOR_HW, seed=4), gradient_image(*TENSOR_HW, seed=5)])
     return types.SimpleNamespace(cfg=cfg, model=model, root=root, export_dir=export_dir, path=path,
                                  encoded=encoded, tensor_batch=tensor_batch)
 
@@ -326,9 +318,9 @@ def test_corrupt_bytes_raise_invalid_argument(exported, loaded):
 
 def test_images_above_max_image_pixels_are_refused_before_decoding(exported, loaded):
     signature = loaded.signatures["serving_default"]
-    at_limit = tf.io.encode_png(_image(75, 80, seed=6)).numpy()  # 6000 pixels: accepted
+    at_limit = tf.io.encode_png(gradient_image(75, 80, seed=6)).numpy()  # 6000 pixels: accepted
     assert signature(images=tf.constant([at_limit]))["num_detections"].shape == (1,)
-    above = tf.io.encode_jpeg(_image(80, 76, seed=7)).numpy()  # 6080 pixels
+    above = tf.io.encode_jpeg(gradient_image(80, 76, seed=7)).numpy()  # 6080 pixels
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"max_image_pixels={MAX_PIXELS}"):
         signature(images=tf.constant([exported.encoded[0], above]))
 

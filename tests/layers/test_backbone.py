@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mrcnn_tf2.layers.backbone import (
+    BACKBONE_CHANNELS,
     WeightsDownloadError,
-    backbone_channels,
     build_backbone,
     feature_channels,
     load_backbone_weights,
@@ -245,7 +245,7 @@ def test_invalid_arguments():
 @pytest.mark.parametrize("name,image_size", [("resnet50", None), ("mobilenetv3", None), ("mobilenetv3", 128)])
 def test_output_shapes_and_strides(name, image_size, resnet50):
     model = resnet50 if name == "resnet50" else build_backbone(name, image_size=image_size)
-    channels = backbone_channels(name)
+    channels = BACKBONE_CHANNELS[name]
     assert tuple(model.feature_channels) == channels == tuple(feature_channels(model))
     assert tuple(model.feature_strides) == (4, 8, 16, 32)
     features = model(np.zeros((2, 128, 128, 3), np.float32))

@@ -132,13 +132,6 @@ def test_box_iou_batched_and_zero_area():
     assert zero_pair[0, 0] == 0.0
 
 
-def test_format_conversion():
-    xywh = np.array([[10.0, 20.0, 30.0, 40.0]], np.float32)
-    yxyx = box_ops.xywh_to_yxyx(xywh).numpy()
-    np.testing.assert_allclose(yxyx, [[20.0, 10.0, 60.0, 40.0]])
-    np.testing.assert_allclose(box_ops.yxyx_to_xywh(yxyx).numpy(), xywh)
-
-
 def test_rejects_wrong_last_dimension():
     with pytest.raises(ValueError):
         box_ops.box_area(np.zeros((3, 5), np.float32))
