@@ -9,6 +9,10 @@ from cli.run_args import RunArgs
 # 8 training and 4 validation images of the built-in shapes dataset (128 px), small eval batches.
 TINY_OVERRIDES = ["data.shapes_num_train=8", "data.shapes_num_val=4", "eval.batch_size=2",
                   "eval.num_visualizations=2", "train.log_every=1"]
+# Fewer anchors, proposals and ROIs than the shapes preset, for tests to which these sizes do not matter
+# (distribution, precision, XLA, data handling): the same ops on smaller tensors.
+SMALL_SAMPLING = ("model.rpn.anchors_per_image=64", "model.rpn.pre_nms_topk_train=100",
+                  "model.rpn.post_nms_topk_train=50", "model.roi.rois_per_image=16")
 
 
 def tiny_args(root: str, mode: str, model_dir: str = "run", overrides: tuple[str, ...] = (), **flags) -> RunArgs:

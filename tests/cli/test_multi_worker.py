@@ -30,7 +30,7 @@ import cli
 from cli.weights import restore_model
 from mrcnn_tf2 import build_model
 from mrcnn_tf2.run_dir import read_config
-from tests.cli.common import TINY_OVERRIDES, tiny_args
+from tests.cli.common import SMALL_SAMPLING, TINY_OVERRIDES, tiny_args
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +39,7 @@ WORKER = os.path.join(ROOT, "tests", "cli", "dumping_worker.py")  # main.py that
 DEADLINE_S = 600
 BN_STATISTICS = ("/moving_mean", "/moving_variance")
 # The shapes preset cut down: 8 training images, a global batch of 2 (1 per worker), few anchors and ROIs.
-SMALL = TINY_OVERRIDES + ["model.rpn.anchors_per_image=64", "model.rpn.pre_nms_topk_train=100",
-                          "model.rpn.post_nms_topk_train=50", "model.roi.rois_per_image=16",
-                          "train.warmup_steps=1", "train.learning_rate=0.01"]
+SMALL = TINY_OVERRIDES + [*SMALL_SAMPLING, "train.warmup_steps=1", "train.learning_rate=0.01"]
 
 
 # What a worker logs when its gRPC server cannot bind its port (another process took the port between

@@ -17,7 +17,7 @@ import tensorflow as tf
 import cli
 from cli import train as train_cli
 from mrcnn_tf2 import trainer
-from tests.cli.common import tiny_args
+from tests.cli.common import SMALL_SAMPLING, tiny_args
 
 # The heavy ops of a Mask R-CNN step: convolutions, their gradients and the dense layers.
 COMPUTE_OPS = ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropFilter", "Conv2DBackpropInput", "MatMul")
@@ -71,7 +71,7 @@ def sessions(monkeypatch):
 @pytest.mark.parametrize("precision", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 def test_mixed_precision_trains_with_finite_losses_and_restores_the_policy(tmp_path, sessions, step_fns, precision):
     logs = cli.run(tiny_args(str(tmp_path), "train", steps=3, batch_size=2, checkpoint_every=100, model="none",
-                             mixed_precision=precision))
+                             mixed_precision=precision, overrides=SMALL_SAMPLING))
     assert logs["step"] == 3
     losses = {k: v for k, v in logs.items() if k.startswith("loss")}
     assert len(losses) == 6 and all(math.isfinite(v) and v > 0 for v in losses.values()), logs
@@ -126,7 +126,7 @@ def test_whole_replica_step_compiles_with_xla_in_bfloat16(tmp_path):
     tested here).
     """
     prep = cli.prepare(tiny_args(str(tmp_path), "train", steps=2, batch_size=2, model="none",
-                                 mixed_precision="bfloat16", jit_compile=True))
+                                 mixed_precision="bfloat16", jit_compile=True, overrides=SMALL_SAMPLING))
     try:
         session = train_cli.setup(prep)
         model, strategy = session.model, session.strategy
