@@ -41,8 +41,8 @@ Tolerances and why:
 - one SGD step (lr 0.02, momentum 0.9, weight decay 1e-4 coupled: added to the gradient before momentum
   as torch.optim.SGD does; no gradient clipping), all five losses in the total on both sides. Weight
   decay on kernels and biases (the torchvision presets set train.weight_decay_biases, as torchvision's
-  reference recipe decays every parameter), not on normalization scales/offsets (v2's recipe passes
-  --norm-weight-decay 0): the torch side groups its parameters the same way. Every trained layer's
+  reference recipe decays every parameter), not on normalization scales/offsets (our rule; only v2 has
+  trainable ones): the torch side groups its parameters the same way. Every trained layer's
   update is compared (``tv.layer_weights`` maps torch's before/after state dicts into our layouts):
   |ours - theirs| / |theirs| (L2 over the variable) below UPDATE_TOL (measured values beside it). Float32
   noise grows as the gradient goes back through the calibrated random ResNet (as the forward error grows
