@@ -244,7 +244,7 @@ def _planted_eval(root: str, model_dir: str, monkeypatch, plant, overrides=()) -
 
     monkeypatch.setattr(eval_cli, "build_dataset", build_dataset)
     monkeypatch.setattr(eval_cli, "inference_function", inference_function)
-    monkeypatch.setattr(eval_cli, "build_model", lambda cfg: None)
+    monkeypatch.setattr(eval_cli, "build_inference_model", lambda cfg: None)
     monkeypatch.setattr(eval_cli, "load_weights", lambda model, weights, cfg: "planted detections")
     return cli.run(tiny_args(root, "eval", model_dir=model_dir, overrides=tuple(overrides)))
 
