@@ -69,6 +69,9 @@ class RunArgs:
     mixed_precision: str = ""  # "", "float16" or "bfloat16"
     jit_compile: bool = False
     deterministic: bool = False
+    format: str = "saved_model"  # export: "saved_model" or "tflite"
+    quantize: str = "none"  # export --format=tflite: none, float16, dynamic or int8
+    calibration_images: str = "64"  # export --quantize=int8: a count of validation images or a glob
     verbose: bool = True
 
 

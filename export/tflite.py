@@ -221,7 +221,10 @@ def convert_endpoint(function: Callable[..., dict[str, tf.Tensor]], input_signat
         try:
             return converter.convert()
         except Exception as e:  # noqa: BLE001 - ConverterError and friends: one paragraph naming the ops
-            raise TFLiteConversionError(conversion_error_message(str(e), quantize)) from None
+            text = str(e)
+            ops = set(_UNSUPPORTED.findall(text))
+            sources = _op_sources(function, input_signature, ops) if ops else {}
+            raise TFLiteConversionError(conversion_error_message(text, quantize, sources)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -231,18 +234,55 @@ _SELECT_LIST = re.compile(r"TF Select ops: ([\w, ]+)")
 _SOURCE = re.compile(r'"([^"]+\.py)":(\d+):\d+')
 
 
-def conversion_error_message(text: str, quantize: str = "none") -> str:
+def _project_frame(frames: Iterable) -> str:
+    """``path:line`` of the innermost frame outside the Python installation's packages ("" if none)."""
+    found = ""
+    for frame in frames:
+        if "site-packages" not in frame.filename and "dist-packages" not in frame.filename:
+            path = frame.filename
+            found = f"{os.path.relpath(path) if path.startswith(os.getcwd()) else path}:{frame.lineno}"
+    return found
+
+
+def _op_sources(function: Callable[..., dict[str, tf.Tensor]], input_signature: Sequence[tf.TensorSpec],
+                op_types: set[str]) -> dict[str, str]:
+    """Where the ops of ``op_types`` are created when ``function`` is traced: {op type: "path:line"}.
+
+    The SavedModel the converter reads keeps no Python source locations, so the function is traced
+    again here and its graph (and the graphs of its control-flow branches and loop bodies) searched.
+    """
+    try:
+        graph = tf.function(function, input_signature=list(input_signature)).get_concrete_function().graph
+    except Exception:  # noqa: BLE001 - the locations are a courtesy; the op names are still reported
+        return {}
+    sources: dict[str, str] = {}
+    pending, seen = [graph], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for op in current.get_operations():
+            if op.type in op_types and op.type not in sources:
+                sources[op.type] = _project_frame(op.traceback)
+        pending += [f.graph for f in getattr(current, "_functions", {}).values() if hasattr(f, "graph")]
+    return sources
+
+
+def conversion_error_message(text: str, quantize: str = "none", sources: dict[str, str] | None = None) -> str:
     """One paragraph from the converter's error text: the ops without a builtin kernel and where they
-    come from (the innermost source line outside site-packages), or the first error line."""
-    ops: dict[str, str] = {}
+    come from (``sources``, else the innermost source line in the converter's locations), or the first
+    error line."""
+    ops: dict[str, str] = dict(sources or {})
     for line in text.splitlines():
         match = _UNSUPPORTED.search(line)
         if not match:
             continue
-        sources = [f"{os.path.relpath(path) if path.startswith(os.getcwd()) else path}:{number}"
+        located = [f"{os.path.relpath(path) if path.startswith(os.getcwd()) else path}:{number}"
                    for path, number in _SOURCE.findall(line[:match.start()])
                    if "site-packages" not in path and "dist-packages" not in path]
-        ops.setdefault(match.group(1), sources[-1] if sources else "")
+        if not ops.get(match.group(1)):
+            ops[match.group(1)] = located[-1] if located else ""
     for match in _SELECT_LIST.finditer(text):
         for name in match.group(1).split(","):
             if name.strip():

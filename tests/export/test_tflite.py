@@ -1,0 +1,201 @@
+"""TFLite export run by the LiteRT interpreter (``ai-edge-litert``) against the SavedModel.
+
+One shapes model is trained briefly in a module fixture (so it really detects), exported through the CLI
+as a SavedModel and as TFLite (none, float16, dynamic, int8); the interpreter's detections on the shapes
+validation images (128 x 128, the TFLite input size, so both paths see the same pixels) are compared
+with the SavedModel's ``serve_image_tensor``:
+
+- none/float16/dynamic: every SavedModel detection scoring >= ``MATCH_SCORE`` has a TFLite detection of
+  the same class with IoU >= 0.9 and a score within ``SCORE_ATOL`` (and the other way round);
+- int8: box AP (pycocotools) on the validation set at most ``INT8_MAX_AP_DROP`` below the SavedModel's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cli
+from export import tflite as tflite_lib
+from tests.cli.common import tiny_args
+from tests.helpers import np_iou
+
+interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
+
+MATCH_SCORE = 0.3  # detections compared one to one above this score
+SCORE_ATOL = {"none": 1e-4, "float16": 0.02, "dynamic": 0.05}
+INT8_MAX_AP_DROP = 0.03
+TRAIN = ("data.shapes_num_train=200", "data.shapes_num_val=20", "train.log_every=50")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tflite"))
+    args = dict(overrides=TRAIN)
+    cli.run(tiny_args(root, "train", steps=250, batch_size=4, checkpoint_every=250, eval_every=0, model="none",
+                      **args))
+    export_dir = os.path.join(root, "exported")
+    saved_model = cli.run(tiny_args(root, "export", export_dir=export_dir, **args))
+    files = {q: cli.run(tiny_args(root, "export", export_dir=export_dir, format="tflite", quantize=q,
+                                  calibration_images="16", **args))
+             for q in tflite_lib.QUANTIZE_MODES}
+    with open(os.path.join(root, "shapes", "val.json"), encoding="utf-8") as f:
+        val = json.load(f)
+    images = {entry["id"]: os.path.join(root, "shapes", "images", "val", entry["file_name"])
+              for entry in val["images"]}
+    serve = tf.saved_model.load(saved_model).signatures["serve_image_tensor"]
+    reference = {i: _numpy(serve(images=tf.constant(_read(path)))) for i, path in images.items()}
+    return dict(root=root, saved_model=saved_model, files=files, images=images, reference=reference,
+                annotations=os.path.join(root, "shapes", "val.json"))
+
+
+def _read(path: str) -> np.ndarray:
+    return tf.io.decode_image(tf.io.read_file(path), channels=3).numpy()[None]
+
+
+def _numpy(outputs) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def _run_tflite(path: str, images: dict[int, str]) -> dict[int, dict[str, np.ndarray]]:
+    interpreter = interpreter_lib.Interpreter(model_path=path, num_threads=2)
+    runner = interpreter.get_signature_runner("serving_default")
+    return {i: _numpy(runner(images=_read(p))) for i, p in images.items()}
+
+
+def _above(out: dict[str, np.ndarray], threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = int(out["num_detections"][0])
+    keep = out["detection_scores"][0, :n] >= threshold
+    return (out["detection_boxes"][0, :n][keep], out["detection_scores"][0, :n][keep],
+            out["detection_classes"][0, :n][keep])
+
+
+def _unmatched(a: dict[str, np.ndarray], b: dict[str, np.ndarray], atol: float) -> list[str]:
+    """Detections of ``a`` scoring >= MATCH_SCORE without a same-class one in ``b`` (any score) with IoU >=
+    0.9 and a score within ``atol``."""
+    boxes_a, scores_a, classes_a = _above(a, MATCH_SCORE)
+    boxes_b, scores_b, classes_b = _above(b, 0.0)
+    problems = []
+    for box, score, cls in zip(boxes_a, scores_a, classes_a):
+        same = classes_b == cls
+        iou = np_iou(box[None], boxes_b[same])[0] if same.any() else np.zeros([0])
+        ok = (iou >= 0.9) & (np.abs(scores_b[same] - score) <= atol)
+        if not ok.any():
+            problems.append(f"class {cls} score {score:.3f} box {np.round(box, 1).tolist()}")
+    return problems
+
+
+def _box_ap(outputs: dict[int, dict[str, np.ndarray]], annotations: str) -> float:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = []
+    for image_id, out in outputs.items():
+        for (y1, x1, y2, x2), score, cls in zip(*_above(out, 0.0)):
+            results.append({"image_id": image_id, "category_id": int(cls), "score": float(score),
+                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(annotations)
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0])
+
+
+@pytest.mark.slow
+def test_files_signature_and_contract(trained):
+    for quantize, path in trained["files"].items():
+        assert path == tflite_lib.tflite_path(os.path.join(trained["root"], "exported"), quantize)
+        interpreter = interpreter_lib.Interpreter(model_path=path)
+        signature = interpreter.get_signature_list()["serving_default"]
+        assert signature["inputs"] == ["images"]
+        assert sorted(signature["outputs"]) == sorted(tflite_lib.OUTPUT_KEYS)
+        detail = interpreter.get_signature_runner().get_input_details()["images"]
+        assert detail["dtype"] == np.uint8 and list(detail["shape"]) == [1, 128, 128, 3]
+        with open(path[:-len(".tflite")] + ".json", encoding="utf-8") as f:
+            assert json.load(f)["quantize"] == quantize
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize", ["none", "float16", "dynamic"])
+def test_detections_match_the_saved_model(trained, quantize):
+    lite = _run_tflite(trained["files"][quantize], trained["images"])
+    compared, problems = 0, []
+    for image_id, reference in trained["reference"].items():
+        out = lite[image_id]
+        assert out["detection_boxes"].dtype == np.float32 and out["detection_classes"].dtype == np.int32
+        n = int(out["num_detections"][0])
+        for key in ("detection_boxes", "detection_classes", "detection_scores", "detection_masks"):
+            assert not np.any(out[key][0, n:]), f"{key} rows past num_detections are not zero"
+        compared += len(_above(reference, MATCH_SCORE)[1])
+        problems += [f"image {image_id} SavedModel-only: {p}" for p in
+                     _unmatched(reference, out, SCORE_ATOL[quantize])]
+        problems += [f"image {image_id} TFLite-only: {p}" for p in _unmatched(out, reference, SCORE_ATOL[quantize])]
+        if quantize == "none":  # float32: the masks too
+            boxes_r, boxes_t = reference["detection_masks"], out["detection_masks"]
+            np.testing.assert_allclose(boxes_t, boxes_r, atol=1e-3)
+    assert compared >= len(trained["images"]), "the trained model should detect something on most images"
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_int8_box_ap_within_0_03_of_the_saved_model(trained):
+    reference_ap = _box_ap(trained["reference"], trained["annotations"])
+    int8_ap = _box_ap(_run_tflite(trained["files"]["int8"], trained["images"]), trained["annotations"])
+    assert reference_ap > 0.1, f"the fixture model should detect (box AP {reference_ap:.3f})"
+    assert int8_ap >= reference_ap - INT8_MAX_AP_DROP, (int8_ap, reference_ap)
+
+
+# === Errors (fast) ===
+
+def test_an_op_without_builtin_kernel_is_named_with_its_source_line():
+    def crop(images):  # CropAndResize has no TFLite builtin kernel
+        boxes = tf.constant([[0.1, 0.1, 0.8, 0.9]])
+        return {"crops": tf.image.crop_and_resize(images, boxes, tf.constant([0]), [7, 7])}
+
+    with pytest.raises(tflite_lib.TFLiteConversionError) as error:
+        tflite_lib.convert_endpoint(crop, [tf.TensorSpec([1, 16, 16, 3], tf.float32)])
+    message = str(error.value)
+    assert "CropAndResize" in message and "no TFLite builtin kernel" in message, message
+    assert "test_tflite.py:" in message, message  # the line that created the op
+    assert "\n" not in message and len(message) < 600
+
+
+def test_converter_error_text_is_parsed():
+    text = ("loc(callsite(\"/x/site-packages/keras/a.py\":3:1 at \"/repo/mrcnn_tf2/ops/roi_align.py\":202:1)): "
+            "error: 'tf.BatchMatMulV2' op is neither a custom op nor a flex op\nerror: failed\n"
+            "TF Select ops: BatchMatMulV2, Foo\n")
+    message = tflite_lib.conversion_error_message(text, "int8")
+    assert "BatchMatMulV2 (from /repo/mrcnn_tf2/ops/roi_align.py:202)" in message, message
+    assert "Foo" in message and "--quantize=int8" in message
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (dict(quantize="int8"), "applies to --format=tflite only"),
+    (dict(format="tflite", quantize="int4"), "--quantize=int4 is not one of"),
+])
+def test_cli_refuses_bad_format_and_quantize(tmp_path, flags, expected):
+    with pytest.raises(cli.CliError, match=expected):
+        cli.run(tiny_args(str(tmp_path), "export", model=str(tmp_path / "nothing"), config="shapes", **flags))
+
+
+def test_fit_to_input_keeps_the_aspect_and_pads_bottom_right():
+    image = np.full([40, 80, 3], 200, np.uint8)
+    fitted, scale = tflite_lib.fit_to_input(image, 128)
+    assert fitted.shape == (1, 128, 128, 3) and fitted.dtype == np.uint8 and scale == 1.6
+    assert np.all(fitted[0, :64] == 200) and not np.any(fitted[0, 64:])
+
+
+def test_input_size_of_square_and_short_side_presets():
+    from mrcnn_tf2 import config
+
+    assert tflite_lib.input_size(config.preset("shapes")) == 128
+    assert tflite_lib.input_size(config.preset("coco_r50_fpn")) == 1024
+    assert tflite_lib.input_size(config.preset("torchvision_r50_fpn")) == 800
