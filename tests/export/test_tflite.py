@@ -34,25 +34,34 @@ INT8_MAX_AP_DROP = 0.03
 TRAIN = ("data.shapes_num_train=200", "data.shapes_num_val=20", "train.log_every=50")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("tflite"))
-    args = dict(overrides=TRAIN)
+def build_exports(root: str) -> dict:
+    """Trains the shapes model under ``root``, exports the SavedModel and every TFLite variant through the
+    CLI and runs the SavedModel on the validation images (also used to benchmark: benchmarks/)."""
     cli.run(tiny_args(root, "train", steps=250, batch_size=4, checkpoint_every=250, eval_every=0, model="none",
-                      **args))
+                      overrides=TRAIN))
     export_dir = os.path.join(root, "exported")
-    saved_model = cli.run(tiny_args(root, "export", export_dir=export_dir, **args))
+    saved_model = cli.run(tiny_args(root, "export", export_dir=export_dir, overrides=TRAIN))
     files = {q: cli.run(tiny_args(root, "export", export_dir=export_dir, format="tflite", quantize=q,
-                                  calibration_images="16", **args))
+                                  calibration_images="16", overrides=TRAIN))
              for q in tflite_lib.QUANTIZE_MODES}
-    with open(os.path.join(root, "shapes", "val.json"), encoding="utf-8") as f:
+    return dict(root=root, saved_model=saved_model, files=files, **reference_outputs(root, saved_model))
+
+
+def reference_outputs(root: str, saved_model: str) -> dict:
+    """The validation images of the shapes dataset under ``root`` and the SavedModel's outputs on them."""
+    annotations = os.path.join(root, "shapes", "val.json")
+    with open(annotations, encoding="utf-8") as f:
         val = json.load(f)
     images = {entry["id"]: os.path.join(root, "shapes", "images", "val", entry["file_name"])
               for entry in val["images"]}
     serve = tf.saved_model.load(saved_model).signatures["serve_image_tensor"]
     reference = {i: _numpy(serve(images=tf.constant(_read(path)))) for i, path in images.items()}
-    return dict(root=root, saved_model=saved_model, files=files, images=images, reference=reference,
-                annotations=os.path.join(root, "shapes", "val.json"))
+    return dict(images=images, reference=reference, annotations=annotations)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return build_exports(str(tmp_path_factory.mktemp("tflite")))
 
 
 def _read(path: str) -> np.ndarray:
@@ -199,3 +208,20 @@ def test_input_size_of_square_and_short_side_presets():
     assert tflite_lib.input_size(config.preset("shapes")) == 128
     assert tflite_lib.input_size(config.preset("coco_r50_fpn")) == 1024
     assert tflite_lib.input_size(config.preset("torchvision_r50_fpn")) == 800
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, overrides, side", [
+    ("coco_r50_fpn", {"model.image_size": 256}, 256),
+    ("torchvision_r50_fpn", {"model.min_size": 224, "model.max_size": 320}, 224),
+])
+def test_resnet_presets_convert_and_run(tmp_path, preset, overrides, side):
+    from mrcnn_tf2 import build_model, config
+
+    cfg = config.preset(preset, overrides={**overrides, "model.detection.max_detections": 10})
+    path = tflite_lib.export_tflite(build_model(cfg), cfg, str(tmp_path), "none")
+    runner = interpreter_lib.Interpreter(model_path=path, num_threads=2).get_signature_runner()
+    image = np.random.default_rng(0).integers(0, 256, [1, side, side, 3]).astype(np.uint8)
+    out = runner(images=image)
+    assert out["detection_boxes"].shape == (1, 10, 4) and out["detection_masks"].shape == (1, 10, 28, 28)
+    assert np.all(np.isfinite(out["detection_boxes"])) and np.all(out["detection_boxes"] <= side)
