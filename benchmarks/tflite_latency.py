@@ -56,7 +56,7 @@ def main() -> None:
             runner = Interpreter(model_path=path, num_threads=args.threads).get_signature_runner()
             runners[f"tflite_{quantize}"] = (lambda x, r=runner: r(images=x)["num_detections"], path)
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for name, (run, _) in runners.items():  # warm-up
+    for run, _ in runners.values():  # warm-up
         run(images[0])
     for _ in range(args.rounds):
         for name, (run, _) in runners.items():
