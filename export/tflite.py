@@ -212,13 +212,13 @@ def convert_endpoint(function: Callable[..., dict[str, tf.Tensor]], input_signat
         archive.write_out(staging, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize != "none":
+        if quantize not in ("none", "int8"):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        elif quantize == "int8":
-            converter.representative_dataset = _representative(list(representative), int(size))
         try:
+            if quantize == "int8":
+                return _convert_int8(converter, _representative(list(representative), int(size)))
             return converter.convert()
         except Exception as e:  # noqa: BLE001 - ConverterError and friends: one paragraph naming the ops
             text = str(e)
@@ -227,6 +227,31 @@ def convert_endpoint(function: Callable[..., dict[str, tf.Tensor]], input_signat
             raise TFLiteConversionError(conversion_error_message(text, quantize, sources)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# int8: only the convolutions of the backbone and the FPN (most of the compute and of the weights) run
+# int8 kernels; the heads and the post-processing (anchors, box decoding, ROIAlign coordinates, NMS,
+# mask selection) stay float32. With every op quantized the shapes model's box AP fell from 0.067 to 0.0001.
+INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+INT8_SCOPES = ("/mobilenetv3", "/resnet", "/fpn")
+
+
+def _convert_int8(converter: tf.lite.TFLiteConverter, representative: Callable[[], Iterator[list[np.ndarray]]]
+                  ) -> bytes:
+    """int8 for the ``INT8_OPS`` inside ``INT8_SCOPES``, float32 for every other op (selective quantization)."""
+    float_model = converter.convert()  # the op list and the output tensor names to keep in float32
+    interpreter = tf.lite.Interpreter(model_content=float_model)
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only listing of a model's ops and their outputs
+    keep_float = {names[op["outputs"][0]] for op in ops
+                  if op["op_name"] in INT8_OPS and not any(s in names[op["outputs"][0]] for s in INT8_SCOPES)}
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=sorted({op["op_name"] for op in ops} - set(INT8_OPS)), denylisted_nodes=sorted(keep_float))
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative,
+                                                         debug_options=options)
+    return debugger.get_nondebug_quantized_model()
 
 
 _UNSUPPORTED = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
