@@ -34,9 +34,9 @@ kernel raises :class:`TFLiteConversionError` naming the op and the source line t
 
 Quantization (``tf.lite.Optimize.DEFAULT`` for all but ``none``): ``float16`` stores weights in float16
 (computed in float32); ``dynamic`` stores weights in int8 and quantizes activations on the fly;
-``int8`` calibrates activation ranges on representative images (:func:`calibration_images`) and runs
-int8 kernels where one exists, float32 elsewhere (NMS, the while loops, gathers of indices); inputs
-and outputs keep the dtypes above.
+``int8`` runs the convolutions of the backbone and the FPN with int8 weights and activations (ranges
+calibrated on representative images, :func:`calibration_images`) and every other op in float32 (see
+``INT8_SCOPES``); inputs and outputs keep the dtypes above.
 """
 
 from __future__ import annotations
