@@ -70,6 +70,14 @@ flags.DEFINE_bool("jit_compile", False, "train: compile each replica's forward p
 flags.DEFINE_bool("deterministic", False, "train: bit-exact runs and resumes (train.deterministic): TensorFlow's "
                   "op determinism and every seed from data.seed; N steps and N/2 + N/2 resumed steps (--model=last) "
                   "give identical checkpoints. Slower, mostly on GPUs.")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "export: a versioned SavedModel "
+                  "(<export_dir>/<version>/) or a TFLite file (<export_dir>/tflite/model_<quantize>.tflite; uint8 "
+                  "[1, S, S, 3] input, builtin ops only; README 'TFLite').")
+flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "export --format=tflite: float32 "
+                  "(none), float16 weights, dynamic-range int8 weights, or int8 calibrated on "
+                  "--calibration_images.")
+flags.DEFINE_string("calibration_images", "64", "export --quantize=int8: representative images, a count N (the "
+                    "first N images of the config's validation set; shapes by default) or a quoted glob.")
 
 FLAGS = flags.FLAGS
 

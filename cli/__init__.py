@@ -19,6 +19,8 @@ def _export(prep: Prepared) -> str:
     if prep.weights.kind != "last" and prep.weights.kind != "checkpoint":
         raise CliError("--mode=export reads a training checkpoint: pass --model=last or --model=<checkpoint "
                        "prefix>, not a .weights.h5 file.")
+    if prep.args.format == "tflite":
+        return importlib.import_module("cli.export").run_tflite(prep)
     saved_model = importlib.import_module("export.saved_model")
     try:
         path = saved_model.export_from_checkpoint(prep.cfg, prep.weights.path, prep.paths.model_dir,
@@ -36,6 +38,8 @@ def run(args: RunArgs) -> Any:
     Raises:
         CliError, mrcnn_tf2.config.ConfigError, pipelines.coco.DatasetError, ...: bad input.
     """
+    if args.mode == "export":
+        importlib.import_module("cli.export").check_flags(args)  # no TensorFlow
     prep = prepare(args)
     if args.mode == "export":
         return _export(prep)

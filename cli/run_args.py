@@ -48,6 +48,9 @@ class RunArgs:
     precision: str = ""  # eval/predict/export: "", "float32" or "bfloat16"; "" = the config's eval.precision
     jit_compile: bool = False
     deterministic: bool = False
+    format: str = "saved_model"  # export: "saved_model" or "tflite"
+    quantize: str = "none"  # export --format=tflite: none, float16, dynamic or int8
+    calibration_images: str = "64"  # export --quantize=int8: a count of validation images or a glob
     verbose: bool = True
 
 

@@ -72,6 +72,9 @@ def nms_padded(
         indices = tf.where(tf.range(max_output_size) < result.valid_outputs, indices, 0)
         return indices, result.valid_outputs
 
+    if boxes.shape[0] == 1:  # a static batch of one (TFLite export): no loop, which TFLite cannot calibrate
+        indices, num_valid = one_image((boxes[0], scores[0]))
+        return indices[None], num_valid[None]
     indices, num_valid = tf.map_fn(
         one_image,
         (boxes, scores),
