@@ -27,8 +27,12 @@ def check_flags(args: RunArgs) -> None:
     if args.quantize not in QUANTIZE_MODES:
         raise CliError(f"--quantize={args.quantize} is not one of {', '.join(QUANTIZE_MODES)}.")
     if args.format != "tflite" and args.quantize != "none":
-        raise CliError(f"--quantize={args.quantize} applies to --format=tflite only; a SavedModel is exported "
-                       "in float32: drop --quantize or add --format=tflite.")
+        raise CliError(f"--quantize={args.quantize} applies to --format=tflite only; a SavedModel's compute "
+                       "precision is --precision=float32|bfloat16: drop --quantize or add --format=tflite.")
+    if args.format == "tflite" and args.precision == "bfloat16":
+        raise CliError("--precision=bfloat16 applies to SavedModel exports (and eval/predict); a TFLite model's "
+                       "precision is --quantize=none|float16|dynamic|int8: drop --precision or use "
+                       "--quantize=float16.")
 
 
 def run_tflite(prep: Prepared) -> str:

@@ -210,6 +210,7 @@ def test_converter_error_text_is_parsed():
 @pytest.mark.parametrize("flags, expected", [
     (dict(quantize="int8"), "applies to --format=tflite only"),
     (dict(format="tflite", quantize="int4"), "--quantize=int4 is not one of"),
+    (dict(format="tflite", precision="bfloat16"), "--precision=bfloat16 applies to SavedModel exports"),
 ])
 def test_cli_refuses_bad_format_and_quantize(tmp_path, flags, expected):
     with pytest.raises(cli.CliError, match=expected):
