@@ -84,8 +84,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [CliError, ConfigError, DatasetError, FileNotFoundError]
     if "tensorflow" in sys.modules:  # these modules import TensorFlow: only look when it is loaded
-        from mrcnn_tf2.layers.backbone import WeightsDownloadError
         from mrcnn_tf2.checkpoints import NonFiniteWeightsError
+        from mrcnn_tf2.layers.backbone import WeightsDownloadError
         from mrcnn_tf2.strategy import StrategyError
         from mrcnn_tf2.trainer import TrainingDivergedError
 
