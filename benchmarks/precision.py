@@ -31,10 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from mrcnn_tf2.pipelines.preprocess import preprocess_image, side_resize  # noqa: E402
 
 from mrcnn_tf2 import config  # noqa: E402
 from mrcnn_tf2.precision import build_inference_model  # noqa: E402
-from pipelines.preprocess import preprocess_image, side_resize  # noqa: E402
 
 
 def _image(size: int) -> np.ndarray:

@@ -24,9 +24,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cli import train as train_cli  # noqa: E402
-from cli.run_args import RunArgs  # noqa: E402
-from cli.run_config import prepare  # noqa: E402
+from mrcnn_tf2.cli import train as train_cli  # noqa: E402
+from mrcnn_tf2.cli.run_args import RunArgs  # noqa: E402
+from mrcnn_tf2.cli.run_config import prepare  # noqa: E402
+
 from mrcnn_tf2 import trainer  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """The command-line modes behind main.py: train, eval, export and predict.
 
-``run(args)`` validates everything it can before TensorFlow starts (``cli.run_config.prepare``), then
+``run(args)`` validates everything it can before TensorFlow starts (``mrcnn_tf2.cli.run_config.prepare``), then
 imports the mode's module and runs it. Tests and notebooks call it with a ``RunArgs`` directly.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cli.run_args import CliError, RunArgs
-from cli.run_config import Prepared, prepare
+from mrcnn_tf2.cli.run_args import CliError, RunArgs
+from mrcnn_tf2.cli.run_config import Prepared, prepare
 
 __all__ = ["CliError", "RunArgs", "Prepared", "prepare", "run"]
 
@@ -20,8 +20,8 @@ def _export(prep: Prepared) -> str:
         raise CliError("--mode=export reads a training checkpoint: pass --model=last or --model=<checkpoint "
                        "prefix>, not a .weights.h5 file.")
     if prep.args.format == "tflite":
-        return importlib.import_module("cli.export").run_tflite(prep)
-    saved_model = importlib.import_module("export.saved_model")
+        return importlib.import_module("mrcnn_tf2.cli.export").run_tflite(prep)
+    saved_model = importlib.import_module("mrcnn_tf2.export.saved_model")
     try:
         path = saved_model.export_from_checkpoint(prep.cfg, prep.weights.path, prep.paths.model_dir,
                                                   prep.args.export_dir)
@@ -36,13 +36,13 @@ def run(args: RunArgs) -> Any:
     """Runs one mode; returns what the mode returns (train logs, eval metrics, export path, predict summary).
 
     Raises:
-        CliError, mrcnn_tf2.config.ConfigError, pipelines.coco.DatasetError, ...: bad input.
+        CliError, mrcnn_tf2.config.ConfigError, mrcnn_tf2.pipelines.coco.DatasetError, ...: bad input.
     """
     if args.mode == "export":
-        importlib.import_module("cli.export").check_flags(args)  # no TensorFlow
+        importlib.import_module("mrcnn_tf2.cli.export").check_flags(args)  # no TensorFlow
     prep = prepare(args)
     if args.mode == "export":
         return _export(prep)
-    module = importlib.import_module({"train": "cli.train", "eval": "cli.evaluate",
-                                      "predict": "cli.predict"}[args.mode])
+    module = importlib.import_module({"train": "mrcnn_tf2.cli.train", "eval": "mrcnn_tf2.cli.evaluate",
+                                      "predict": "mrcnn_tf2.cli.predict"}[args.mode])
     return module.run(prep)

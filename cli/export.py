@@ -7,8 +7,8 @@ combinations that mean nothing.
 
 from __future__ import annotations
 
-from cli.run_args import CliError, RunArgs
-from cli.run_config import Prepared
+from mrcnn_tf2.cli.run_args import CliError, RunArgs
+from mrcnn_tf2.cli.run_config import Prepared
 
 __all__ = ["FORMATS", "QUANTIZE_MODES", "check_flags", "run_tflite"]
 
@@ -44,8 +44,8 @@ def run_tflite(prep: Prepared) -> str:
     """
     args = prep.args
     check_flags(args)
-    from export import tflite
-    from export.saved_model import CheckpointMismatchError
+    from mrcnn_tf2.export import tflite
+    from mrcnn_tf2.export.saved_model import CheckpointMismatchError
 
     try:
         path = tflite.export_tflite_from_checkpoint(prep.cfg, prep.weights.path, prep.paths.model_dir,

@@ -21,10 +21,10 @@ import os
 from typing import Any
 
 import numpy as np
+from mrcnn_tf2.cli.run_args import CliError
+from mrcnn_tf2.cli.run_config import Prepared
+from mrcnn_tf2.cli.weights import load_weights
 
-from cli.run_args import CliError
-from cli.run_config import Prepared
-from cli.weights import load_weights
 from mrcnn_tf2 import detector as detector_lib
 from mrcnn_tf2 import visualize
 from mrcnn_tf2.precision import build_inference_model

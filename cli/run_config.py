@@ -4,8 +4,8 @@ This module imports no TensorFlow, so bad input (an unknown preset, an image siz
 2^max_level rule, a missing annotation file, ``--model=last`` without a checkpoint) fails in about a
 second with one clear message. ``prepare(args) -> Prepared`` resolves the config (preset or file,
 ``--config_override``, flags, the category mapping of the dataset), checks the dataset files and data, and
-resolves the ``--model`` source (``cli.weights_source``). The arguments are ``cli.run_args``, the run
-directory layout ``mrcnn_tf2.run_dir.RunPaths``.
+resolves the ``--model`` source (``mrcnn_tf2.cli.weights_source``). The arguments are
+``mrcnn_tf2.cli.run_args``, the run directory layout ``mrcnn_tf2.run_dir.RunPaths``.
 
 Config resolution, so that the class mapping and the architecture match the weights:
 
@@ -23,8 +23,9 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from cli.run_args import DEFAULT_CONFIG, CliError, RunArgs, check_args, flag_overrides
-from cli.weights_source import WeightsSource, resolve_weights, weights_exist, weights_run_config
+from mrcnn_tf2.cli.run_args import DEFAULT_CONFIG, CliError, RunArgs, check_args, flag_overrides
+from mrcnn_tf2.cli.weights_source import WeightsSource, resolve_weights, weights_exist, weights_run_config
+
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2.run_dir import RunPaths, read_config
 
@@ -53,7 +54,7 @@ def _with_categories(cfg: config_lib.Config, mode: str) -> config_lib.Config:
     """Fills data.category_ids/category_names from the dataset and sets model.num_classes = K + 1."""
     if cfg.data.category_ids:
         return cfg
-    from pipelines import coco  # no TensorFlow; may generate the shapes dataset on first use
+    from mrcnn_tf2.pipelines import coco  # no TensorFlow; may generate the shapes dataset on first use
 
     d = cfg.data
     source = cfg
@@ -97,7 +98,7 @@ def prepare(args: RunArgs) -> Prepared:
     """Resolves and validates the config, the dataset's categories and the weights source (no TensorFlow).
 
     Raises:
-        CliError, config.ConfigError, pipelines.coco.DatasetError: bad input; the message says what to do.
+        CliError, config.ConfigError, mrcnn_tf2.pipelines.coco.DatasetError: bad input; the message says what to do.
     """
     check_args(args)
     paths = RunPaths(args.model_dir)
@@ -131,7 +132,7 @@ def prepare(args: RunArgs) -> Prepared:
     if args.mode in ("train", "eval") or not cfg.data.category_ids:
         cfg = config_lib.validate(_with_categories(cfg, args.mode))
     if args.mode in ("train", "eval"):
-        from pipelines.dataset_check import check_datasets  # no TensorFlow: bad data exits before it starts
+        from mrcnn_tf2.pipelines.dataset_check import check_datasets  # no TensorFlow: bad data exits before it starts
 
         check_datasets(cfg, args.mode)
     return Prepared(args, cfg, paths, weights, source, previous)

@@ -32,12 +32,14 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from mrcnn_tf2.cli.evaluate import evaluate_model, metric_scalars
+from mrcnn_tf2.cli.run_args import CliError
+from mrcnn_tf2.cli.run_config import Prepared
+from mrcnn_tf2.cli.weights import load_weights, restore_training_state
+from mrcnn_tf2.pipelines.coco import dataset_paths
+from mrcnn_tf2.pipelines.input_pipeline import build_dataset
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism has no public name
 
-from cli.evaluate import evaluate_model, metric_scalars
-from cli.run_args import CliError
-from cli.run_config import Prepared
-from cli.weights import load_weights, restore_training_state
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, lr_schedule, trainer
 from mrcnn_tf2.builder import build_model
@@ -45,8 +47,6 @@ from mrcnn_tf2.checkpoints import CheckpointKeeper
 from mrcnn_tf2.optimizer import build_optimizer
 from mrcnn_tf2.run_dir import write_config
 from mrcnn_tf2.strategy import create_strategy
-from pipelines.coco import dataset_paths
-from pipelines.input_pipeline import build_dataset
 
 __all__ = ["count_train_images", "resolve_decay_steps", "TrainSession", "setup", "run"]
 
@@ -55,7 +55,7 @@ def count_train_images(cfg: config_lib.Config) -> int:
     """Images in the training set (0 when unknown), for the epoch counter."""
     paths = dataset_paths(cfg, "train")
     if paths.tfrecords:
-        from pipelines.tfrecord import read_dataset_info
+        from mrcnn_tf2.pipelines.tfrecord import read_dataset_info
 
         return int(read_dataset_info(paths.tfrecords).get("num_images", 0))
     with open(paths.annotations, encoding="utf-8") as f:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 from absl import logging
+from mrcnn_tf2.cli.run_args import CliError
+from mrcnn_tf2.cli.weights_source import WeightsSource
 
-from cli.run_args import CliError
-from cli.weights_source import WeightsSource
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2.builder import build_model
 from mrcnn_tf2.checkpoints import CheckpointKeeper
@@ -89,7 +89,7 @@ def load_weights(model: keras.Model, source: WeightsSource, cfg: config_lib.Conf
 
     Args:
         model: a built model of ``cfg``.
-        source: from ``cli.run_config.prepare``.
+        source: from ``mrcnn_tf2.cli.run_config.prepare``.
         cfg: the config ``model`` was built from.
 
     Returns:

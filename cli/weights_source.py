@@ -1,5 +1,5 @@
 """Which weights a run starts from: ``--model`` (imagenet, last, none, a checkpoint or a .weights.h5 file)
-resolved against the run directory, before TensorFlow starts. Loading them is ``cli.weights``.
+resolved against the run directory, before TensorFlow starts. Loading them is ``mrcnn_tf2.cli.weights``.
 """
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from cli.run_args import CliError, RunArgs
+from mrcnn_tf2.cli.run_args import CliError, RunArgs
+
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2.run_dir import RunPaths, find_checkpoint, run_config_path
 

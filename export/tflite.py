@@ -52,10 +52,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from mrcnn_tf2.export.serving import OUTPUT_KEYS, detections_to_original
+from mrcnn_tf2.pipelines.preprocess import normalize_image
 
-from export.serving import OUTPUT_KEYS, detections_to_original
 from mrcnn_tf2 import config as config_lib
-from pipelines.preprocess import normalize_image
 
 __all__ = ["QUANTIZE_MODES", "TFLiteConversionError", "input_size", "tflite_path", "fit_to_input",
            "calibration_images", "TFLiteEndpoint", "convert_endpoint", "export_tflite",
@@ -123,7 +123,7 @@ def calibration_images(cfg: config_lib.Config, spec: str = "64") -> list[str]:
         FileNotFoundError: no image matches.
     """
     if spec.strip().isdigit():
-        from pipelines.dataset_info import dataset_paths
+        from mrcnn_tf2.pipelines.dataset_info import dataset_paths
 
         count = int(spec)
         folder = dataset_paths(cfg, "eval").images
@@ -365,14 +365,15 @@ def export_tflite_from_checkpoint(cfg: config_lib.Config, checkpoint: str, model
     """Builds the model, restores a training checkpoint strictly and writes the ``.tflite`` file.
 
     Args:
-        cfg, checkpoint, model_dir, export_dir: as ``export.saved_model.export_from_checkpoint``.
+        cfg, checkpoint, model_dir, export_dir: as ``mrcnn_tf2.export.saved_model.export_from_checkpoint``.
         quantize: one of ``QUANTIZE_MODES``.
         calibration: ``int8`` calibration images: a count of validation images or a glob.
 
     Returns:
         The path of the written ``.tflite`` file.
     """
-    from export.saved_model import _resolve_checkpoint, restore_model_strictly
+    from mrcnn_tf2.export.saved_model import _resolve_checkpoint, restore_model_strictly
+
     from mrcnn_tf2.builder import build_model
 
     prefix = _resolve_checkpoint(checkpoint, model_dir)

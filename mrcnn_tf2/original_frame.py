@@ -3,7 +3,7 @@
 ``image_info`` (``[4, 2]`` per image, from ``preprocess_image``) is ``[[orig_h, orig_w], [scaled_h, scaled_w],
 [y_scale, x_scale], [y_offset, x_offset]]``: an original point ``p`` sits at ``q = p * scale - offset`` in the
 model input, so ``p = (q + offset) / scale``. The SavedModel does the same in graph ops
-(``export.serving``); ``tests/test_original_frame.py`` checks that the two agree.
+(``mrcnn_tf2.export.serving``); ``tests/test_original_frame.py`` checks that the two agree.
 """
 
 from __future__ import annotations

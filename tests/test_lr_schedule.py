@@ -14,11 +14,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli import train as cli_train
+from mrcnn_tf2.cli.run_config import prepare
 
-import cli
-from cli import train as cli_train
-from cli.run_config import prepare
-from mrcnn_tf2 import config, lr_schedule
+from mrcnn_tf2 import cli, config, lr_schedule
 from mrcnn_tf2.run_dir import read_config, write_config
 from tests.cli.common import tiny_args
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.export.serving import detections_to_original
 
-from export.serving import detections_to_original
 from mrcnn_tf2.original_frame import boxes_to_original
 
 # Two images: 300 x 400 scaled by 0.32 (short side 96 of a 128 canvas), offset 0; 50 x 80 scaled by (2, 1.5)

@@ -1,6 +1,6 @@
 """``python tests/cli/dumping_worker.py OUT.npz main.py-flags...``: ``main.py`` with a test callback installed.
 
-The multi-worker test runs each worker through this file: it wraps ``cli.train.TrainSession.train`` so that,
+The multi-worker test runs each worker through this file: it wraps ``mrcnn_tf2.cli.train.TrainSession.train`` so that,
 when training returns, this process's final model weights (``{weight.path: value}``) are written to
 ``OUT.npz``, then runs ``main.py`` as the command line would. Worker 1 removes its temporary checkpoints, so
 its final weights can be seen only from inside the process; production code carries no hook for it.
@@ -17,8 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _install(out: str) -> None:
     import numpy as np
-
-    from cli import train
+    from mrcnn_tf2.cli import train
 
     real_train = train.TrainSession.train
 

@@ -12,14 +12,13 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli import train as train_cli
+from mrcnn_tf2.cli.weights import restore_model
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import cli
-from cli import train as train_cli
-from cli.weights import restore_model
-from mrcnn_tf2 import build_model
+from mrcnn_tf2 import build_model, cli
 from mrcnn_tf2.run_dir import write_config
 from tests.cli.common import tiny_args
 
@@ -208,7 +207,7 @@ def planted_root(tmp_path_factory):
 def _planted_eval(root: str, model_dir: str, monkeypatch, plant, overrides=()) -> dict:
     """``--mode=eval`` with the model replaced by ``plant(gt, image_id)`` detections, mapped into the model
     frame with the batch's own ``image_info`` (as a model would output them)."""
-    from cli import evaluate as eval_cli
+    from mrcnn_tf2.cli import evaluate as eval_cli
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(os.path.join(root, "shapes", "val.json"))

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
-from cli.run_args import CliError, RunArgs
-from cli.run_config import prepare
+from mrcnn_tf2.cli.run_args import CliError, RunArgs
+from mrcnn_tf2.cli.run_config import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

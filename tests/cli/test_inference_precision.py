@@ -16,10 +16,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli.run_args import CliError
 from tensorflow.core.protobuf import saved_model_pb2
 
-import cli
-from cli.run_args import CliError
+from mrcnn_tf2 import cli
 from tests.cli.common import tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -25,10 +25,9 @@ import time
 
 import numpy as np
 import pytest
+from mrcnn_tf2.cli.weights import restore_model
 
-import cli
-from cli.weights import restore_model
-from mrcnn_tf2 import build_model
+from mrcnn_tf2 import build_model, cli
 from mrcnn_tf2.run_dir import read_config
 from tests.cli.common import SMALL_SAMPLING, TINY_OVERRIDES, tiny_args
 

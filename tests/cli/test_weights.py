@@ -10,11 +10,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli.run_args import CliError
+from mrcnn_tf2.cli.run_config import prepare
+from mrcnn_tf2.cli.weights import load_weights
+from mrcnn_tf2.cli.weights_source import WeightsSource
 
-from cli.run_args import CliError
-from cli.run_config import prepare
-from cli.weights import load_weights
-from cli.weights_source import WeightsSource
 from mrcnn_tf2 import build_model, config
 from mrcnn_tf2.checkpoints import CheckpointKeeper
 from mrcnn_tf2.run_dir import find_checkpoint, run_config_path, write_config

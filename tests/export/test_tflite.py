@@ -23,9 +23,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.export import tflite as tflite_lib
 
-import cli
-from export import tflite as tflite_lib
+from mrcnn_tf2 import cli
 from tests.cli.common import tiny_args
 
 interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
