@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Exactly one TensorFlow build: `cpu` (tensorflow-cpu on x86-64 Linux, tensorflow elsewhere) or `gpu`
+# (tensorflow[and-cuda]), e.g. `make test EXTRAS=gpu,test` on a CUDA machine (delete .venv to switch).
+EXTRAS ?= cpu,test
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
@@ -10,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(VENV)/.installed
