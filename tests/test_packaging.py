@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SUBPACKAGE_FOLDERS = ("cli", "pipelines", "export")  # installed as mrcnn_tf2.cli, ... (setup.py)
 # The distributions that install the `tensorflow` import package (PEP 503 normalized names).
 TENSORFLOW_DISTRIBUTIONS = {"tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-intel", "tensorflow-macos",
                             "tensorflow-aarch64", "tensorflow-rocm", "intel-tensorflow", "tf-nightly",
@@ -169,7 +170,8 @@ def test_wheel_runs_the_shapes_demo_outside_the_repository(tmp_path: Path) -> No
     work = tmp_path / "elsewhere"
     work.mkdir()
     probe = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import cli, mrcnn_tf2; print(cli.__file__); print(mrcnn_tf2.__file__)"],
+                            "import mrcnn_tf2.cli, mrcnn_tf2.export, mrcnn_tf2.pipelines as p; print(p.__file__); "
+                            "print(mrcnn_tf2.cli.__file__); print(mrcnn_tf2.export.__file__)"],
                            capture_output=True, text=True, env=_env(), cwd=work, timeout=300)
     assert probe.returncode == 0, probe.stderr[-3000:]
     for path in probe.stdout.split():
@@ -195,14 +197,34 @@ def test_wheel_runs_the_shapes_demo_outside_the_repository(tmp_path: Path) -> No
 
 
 def test_wheel_contents_match_the_sources(tmp_path: Path) -> None:
-    """Every package module of the checkout is in the wheel (a new subpackage missing from setup is caught)."""
+    """The wheel installs one top-level name, mrcnn_tf2: cli/, pipelines/ and export/ become mrcnn_tf2/cli, ...;
+    every package module of the checkout is in it (a new subpackage missing from setup.py is caught)."""
     pytest.importorskip("setuptools")
     wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"mrcnn_tf2"}
     missing = []
-    for package in ("mrcnn_tf2", "cli", "pipelines", "export"):
+    for package in ("mrcnn_tf2", *SUBPACKAGE_FOLDERS):
         for path in (ROOT / package).rglob("*.py"):
             relative = path.relative_to(ROOT).as_posix()
-            if relative not in names:
+            installed = relative if package == "mrcnn_tf2" else f"mrcnn_tf2/{relative}"
+            if installed not in names:
                 missing.append(relative)
     assert not missing, f"not in the wheel: {missing}"
+
+
+def test_sources_import_only_the_namespaced_names() -> None:
+    """No `import cli`, `from pipelines.x import y` or `import_module("export.x")`: the wheel has mrcnn_tf2.cli, ..."""
+    names = "|".join(SUBPACKAGE_FOLDERS)
+    modules = "|".join(path.stem for folder in SUBPACKAGE_FOLDERS for path in (ROOT / folder).glob("*.py"))
+    bare = re.compile(rf"^\s*(?:from|import)\s+(?:{names})(?:[.\s]|$)|[\"'](?:{names})\.(?:{modules})\b", re.M)
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        if any(part in {".venv", "build", "data", "logs"} for part in path.relative_to(ROOT).parts):
+            continue
+        text = path.read_text(errors="replace")
+        for match in bare.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            offenders.append(f"{path.relative_to(ROOT)}:{line}: {text.splitlines()[line - 1].strip()}")
+    assert not offenders, "import these as mrcnn_tf2.<package>:\n" + "\n".join(offenders)
