@@ -11,7 +11,7 @@ The installed console command ``mrcnn-tf2`` is the same program: the flags and t
 ``cli/command.py``. Bad input exits with status 2 and one paragraph saying what to change.
 """
 
-from cli.command import run
+from mrcnn_tf2.cli.command import run
 
 if __name__ == "__main__":
     run()

@@ -23,9 +23,9 @@ sys.path.insert(0, _SHARED)
 
 import common  # noqa: E402  (../shared/bench/common.py: seeded image, timing, RSS)
 import tensorflow as tf  # noqa: E402
+from mrcnn_tf2.pipelines.preprocess import preprocess_image, side_resize  # noqa: E402
 
 from mrcnn_tf2 import build_model, config  # noqa: E402
-from pipelines.preprocess import preprocess_image, side_resize  # noqa: E402
 
 
 def main() -> None:

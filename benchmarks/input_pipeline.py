@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from mrcnn_tf2.pipelines import coco, tfrecord  # noqa: E402
+from mrcnn_tf2.pipelines.input_pipeline import build_dataset  # noqa: E402
 
 from mrcnn_tf2 import config  # noqa: E402
-from pipelines import coco, tfrecord  # noqa: E402
-from pipelines.input_pipeline import build_dataset  # noqa: E402
 
 FULL_AUGMENT = {"data.augment.hflip_prob": 0.5, "data.augment.scale_min": 0.8, "data.augment.scale_max": 1.25,
                 "data.augment.crop_prob": 0.5, "data.augment.rotation_prob": 0.5,

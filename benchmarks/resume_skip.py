@@ -24,9 +24,9 @@ sys.path.insert(0, os.environ.get("PYTHONPATH", "").split(os.pathsep)[0]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from mrcnn_tf2.pipelines.input_pipeline import build_dataset  # noqa: E402
 
 from mrcnn_tf2 import config  # noqa: E402
-from pipelines.input_pipeline import build_dataset  # noqa: E402
 
 
 def write_dataset(root: str, num_images: int) -> tuple[str, str]:
@@ -67,7 +67,7 @@ def main() -> None:
             "train.batch_size": 2, "model.image_size": 512, "data.max_instances": 16})
         out = {}
         try:
-            from pipelines import dataset_check
+            from mrcnn_tf2.pipelines import dataset_check
 
             for run in ("first", "cached"):
                 start = time.perf_counter()

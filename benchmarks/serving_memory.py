@@ -59,8 +59,8 @@ def _child(model_dir: str, image_file: str) -> None:
 
 def _export(max_pixels: int, directory: str) -> str:
     import keras
+    from mrcnn_tf2.export.saved_model import export_saved_model
 
-    from export.saved_model import export_saved_model
     from mrcnn_tf2 import build_model, config
 
     keras.utils.set_random_seed(0)

@@ -24,8 +24,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cli import train as train_cli  # noqa: E402
-from cli.common import RunArgs, prepare  # noqa: E402
+from mrcnn_tf2.cli import train as train_cli  # noqa: E402
+from mrcnn_tf2.cli.common import RunArgs, prepare  # noqa: E402
+
 from mrcnn_tf2 import trainer  # noqa: E402
 
 

@@ -36,9 +36,8 @@ import numpy as np  # noqa: E402
 def make_batch(size: int, batch: int, mask_size: int, max_instances: int, pixel_normalization: str) -> dict:
     """The peer benchmark's image and targets in our batch contract (DESIGN.md section 3)."""
     import tensorflow as tf
-
-    from pipelines.mask_to_box import crop_masks_to_boxes
-    from pipelines.preprocess import preprocess_image
+    from mrcnn_tf2.pipelines.mask_to_box import crop_masks_to_boxes
+    from mrcnn_tf2.pipelines.preprocess import preprocess_image
 
     image, info = preprocess_image(tf.constant(common.seeded_image(size)), size, pixel_normalization)
     boxes_xyxy, classes, masks = common.synthetic_targets(size)

@@ -16,8 +16,8 @@ import warnings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
+from mrcnn_tf2.cli.common import DEFAULT_CONFIG, MODES, CliError, RunArgs  # noqa: E402
 
-from cli.common import DEFAULT_CONFIG, MODES, CliError, RunArgs  # noqa: E402
 from mrcnn_tf2 import INSTALL_TENSORFLOW, TENSORFLOW_DISTRIBUTIONS, TENSORFLOW_MISSING  # noqa: E402
 from mrcnn_tf2.config import STRATEGIES, TRAIN_LAYERS, ConfigError  # noqa: E402
 
@@ -69,7 +69,7 @@ FLAGS = flags.FLAGS
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (a message for the user, no traceback)."""
-    from pipelines.coco import DatasetError
+    from mrcnn_tf2.pipelines.coco import DatasetError
 
     errors: list[type[BaseException]] = [CliError, ConfigError, DatasetError, FileNotFoundError]
     if "tensorflow" in sys.modules:  # these modules import TensorFlow: only look when it is loaded
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
     if len(installed) > 1:
         _fail(f"warning: {len(installed)} TensorFlow distributions are installed ({', '.join(installed)}); they "
               f"overwrite each other's files. Uninstall them all, then install one extra: {INSTALL_TENSORFLOW}.")
-    import cli
+    from mrcnn_tf2 import cli
 
     try:
         cli.run(_args())

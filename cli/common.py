@@ -223,7 +223,7 @@ def _with_categories(cfg: config_lib.Config, mode: str) -> config_lib.Config:
     """Fills data.category_ids/category_names from the dataset and sets model.num_classes = K + 1."""
     if cfg.data.category_ids:
         return cfg
-    from pipelines import coco  # no TensorFlow; may generate the shapes dataset on first use
+    from mrcnn_tf2.pipelines import coco  # no TensorFlow; may generate the shapes dataset on first use
 
     d = cfg.data
     source = cfg
@@ -267,7 +267,7 @@ def prepare(args: RunArgs) -> Prepared:
     """Resolves and validates the config, the dataset's categories and the weights source (no TensorFlow).
 
     Raises:
-        CliError, config.ConfigError, pipelines.coco.DatasetError: bad input; the message says what to do.
+        CliError, config.ConfigError, mrcnn_tf2.pipelines.coco.DatasetError: bad input; the message says what to do.
     """
     if args.mode not in MODES:
         raise CliError(f"--mode={args.mode} is not one of {', '.join(MODES)}.")
@@ -306,7 +306,7 @@ def prepare(args: RunArgs) -> Prepared:
     if args.mode in ("train", "eval") or not cfg.data.category_ids:
         cfg = config_lib.validate(_with_categories(cfg, args.mode))
     if args.mode in ("train", "eval"):
-        from pipelines.dataset_check import check_datasets  # no TensorFlow: bad data exits before it starts
+        from mrcnn_tf2.pipelines.dataset_check import check_datasets  # no TensorFlow: bad data exits before it starts
 
         check_datasets(cfg, args.mode)
     return Prepared(args, cfg, paths, weights, source, previous)

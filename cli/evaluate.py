@@ -21,17 +21,17 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from mrcnn_tf2.cli.common import Prepared
+from mrcnn_tf2.cli.weights import load_weights
+from mrcnn_tf2.pipelines.coco import dataset_paths, ground_truth
+from mrcnn_tf2.pipelines.dataset_check import load_checked
+from mrcnn_tf2.pipelines.input_pipeline import build_dataset
+from mrcnn_tf2.pipelines.preprocess import denormalize_image
 
-from cli.common import Prepared
-from cli.weights import load_weights
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, training, visualize
 from mrcnn_tf2.builder import build_model
 from mrcnn_tf2.mask_paste import paste_masks
-from pipelines.coco import dataset_paths, ground_truth
-from pipelines.dataset_check import load_checked
-from pipelines.input_pipeline import build_dataset
-from pipelines.preprocess import denormalize_image
 
 __all__ = ["EvalRun", "inference_function", "draw_model_input", "evaluate_model", "metric_scalars", "run"]
 

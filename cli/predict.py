@@ -21,9 +21,9 @@ import os
 from typing import Any
 
 import numpy as np
+from mrcnn_tf2.cli.common import CliError, Prepared
+from mrcnn_tf2.cli.weights import load_weights
 
-from cli.common import CliError, Prepared
-from cli.weights import load_weights
 from mrcnn_tf2 import detector as detector_lib
 from mrcnn_tf2 import visualize
 from mrcnn_tf2.builder import build_model

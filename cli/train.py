@@ -37,16 +37,16 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from mrcnn_tf2.cli.common import CliError, Prepared, write_config
+from mrcnn_tf2.cli.evaluate import evaluate_model, metric_scalars
+from mrcnn_tf2.cli.weights import load_weights, restore_training_state
+from mrcnn_tf2.pipelines.coco import dataset_paths
+from mrcnn_tf2.pipelines.input_pipeline import build_dataset
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism has no public name
 
-from cli.common import CliError, Prepared, write_config
-from cli.evaluate import evaluate_model, metric_scalars
-from cli.weights import load_weights, restore_training_state
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import evaluation, trainer, training
 from mrcnn_tf2.builder import build_model
-from pipelines.coco import dataset_paths
-from pipelines.input_pipeline import build_dataset
 
 __all__ = ["WEIGHTS_DUMP_ENV", "count_train_images", "resolve_decay_steps", "TrainSession", "setup", "run"]
 
@@ -57,7 +57,7 @@ def count_train_images(cfg: config_lib.Config) -> int:
     """Images in the training set (0 when unknown), for the epoch counter."""
     paths = dataset_paths(cfg, "train")
     if paths.tfrecords:
-        from pipelines.tfrecord import read_dataset_info
+        from mrcnn_tf2.pipelines.tfrecord import read_dataset_info
 
         return int(read_dataset_info(paths.tfrecords).get("num_images", 0))
     with open(paths.annotations, encoding="utf-8") as f:

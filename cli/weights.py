@@ -20,8 +20,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 from absl import logging
+from mrcnn_tf2.cli.common import CliError, WeightsSource, read_config
 
-from cli.common import CliError, WeightsSource, read_config
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2 import training
 from mrcnn_tf2.builder import build_model
@@ -88,7 +88,7 @@ def load_weights(model: keras.Model, source: WeightsSource, cfg: config_lib.Conf
 
     Args:
         model: a built model of ``cfg``.
-        source: from ``cli.common.prepare``.
+        source: from ``mrcnn_tf2.cli.common.prepare``.
         cfg: the config ``model`` was built from.
 
     Returns:

@@ -31,11 +31,11 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
+from mrcnn_tf2.export.serving import IMAGE_BYTES_SIGNATURE, IMAGE_TENSOR_SIGNATURE, ServingEndpoints
+from mrcnn_tf2.pipelines.preprocess import side_resize
 
-from export.serving import IMAGE_BYTES_SIGNATURE, IMAGE_TENSOR_SIGNATURE, ServingEndpoints
 from mrcnn_tf2 import config as config_lib
 from mrcnn_tf2.builder import build_model
-from pipelines.preprocess import side_resize
 
 __all__ = ["SERVING_DEFAULT", "SERVE_IMAGE_TENSOR", "EXTRA_DIR", "CheckpointMismatchError", "next_version",
            "export_saved_model", "export_from_checkpoint", "restore_model_strictly", "weights_bytes",

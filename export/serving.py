@@ -35,9 +35,8 @@ from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
-
-from export.image_header_tf import check_image_headers
-from pipelines.preprocess import SideResize, pad_batch, preprocess_image
+from mrcnn_tf2.export.image_header_tf import check_image_headers
+from mrcnn_tf2.pipelines.preprocess import SideResize, pad_batch, preprocess_image
 
 __all__ = ["OUTPUT_KEYS", "IMAGE_BYTES_SIGNATURE", "IMAGE_TENSOR_SIGNATURE", "decode_image",
            "detections_to_original", "ServingEndpoints"]

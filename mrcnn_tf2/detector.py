@@ -202,7 +202,7 @@ def default_preprocess(image: tf.Tensor, cfg: config_lib.Config) -> tuple[tf.Ten
     Returns:
         ``image [H, W, 3]`` float32 (normalized, zero padding) and ``image_info [4, 2]`` float32.
     """
-    from pipelines.preprocess import preprocess_image, side_resize
+    from mrcnn_tf2.pipelines.preprocess import preprocess_image, side_resize
 
     return preprocess_image(image, cfg.model.image_size, cfg.model.pixel_normalization,
                             resize=side_resize(cfg.model))

@@ -125,7 +125,7 @@ class CocoEvaluator:
     """Accumulates detections batch by batch and computes COCO box and mask AP with pycocotools.
 
     ``ground_truth`` is a COCO dict or an instances JSON file read as is. The CLI passes
-    ``pipelines.coco.ground_truth(dataset)``: the instances that training uses, after the same checks
+    ``mrcnn_tf2.pipelines.coco.ground_truth(dataset)``: the instances that training uses, after the same checks
     (pycocotools itself fails on 2-point polygons, 4-number polygons read as boxes, missing ``area`` or
     ``iscrowd``), so any dataset that trains also evaluates. Only the images passed to ``update`` are
     evaluated (``params.imgIds``), over the categories of ``category_ids`` (less the "N/A"

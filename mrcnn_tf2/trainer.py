@@ -7,7 +7,7 @@ still works for users who call it directly.
 
 Resuming is exact: the loop starts at ``keeper.step`` (restored with the model and the optimizer,
 whose ``iterations`` drive the LR schedule) and asks the dataset function for the stream after the
-batches already consumed (:func:`distributed_dataset`). ``pipelines.input_pipeline.build_dataset``
+batches already consumed (:func:`distributed_dataset`). ``mrcnn_tf2.pipelines.input_pipeline.build_dataset``
 skips them at the record level (``skip_batches``: the skipped examples are never decoded or augmented)
 and its order and augmentation seeds derive from each example's position in the stream, so the resumed
 run sees exactly the batches an uninterrupted run would have seen. The model's anchor and ROI sampling

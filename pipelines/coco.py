@@ -29,9 +29,7 @@ from typing import Any
 
 import numpy as np
 from absl import logging
-from pycocotools import mask as mask_utils
-
-from pipelines.coco_fields import (
+from mrcnn_tf2.pipelines.coco_fields import (
     Checker,
     DatasetError,
     Problems,
@@ -41,8 +39,9 @@ from pipelines.coco_fields import (
     is_number,
     read_json,
 )
-from pipelines.dataset_info import DatasetPaths, category_mapping, dataset_paths
-from pipelines.image_header import read_image_size
+from mrcnn_tf2.pipelines.dataset_info import DatasetPaths, category_mapping, dataset_paths
+from mrcnn_tf2.pipelines.image_header import read_image_size
+from pycocotools import mask as mask_utils
 
 __all__ = [
     "DatasetError",
@@ -106,7 +105,7 @@ class CocoDataset:
         category_ids: label ``i`` (1-based) -> dataset category id ``category_ids[i - 1]``.
         category_names: names in the same order.
         images: the image records in file order.
-        skipped: counts of skipped or fixed problems (keys: ``pipelines.coco_fields.SKIP_KEYS``).
+        skipped: counts of skipped or fixed problems (keys: ``mrcnn_tf2.pipelines.coco_fields.SKIP_KEYS``).
         num_annotations: entries of the JSON's ``annotations`` list.
         problems: one line per kind of skipped or fixed problem, with examples (what is logged).
     """
@@ -140,7 +139,7 @@ def load_coco(annotation_file: str, image_dir: str, *, category_ids: Sequence[in
         image_dir: folder that ``images[*].file_name`` is relative to.
         category_ids: an existing mapping (label ``i`` -> ``category_ids[i - 1]``), e.g. the training
             set's when loading the validation set; by default the JSON's categories in ascending id order.
-        check_files: check that every image file exists (``pipelines.image_check`` checks their content).
+        check_files: check that every image file exists (``mrcnn_tf2.pipelines.image_check`` checks their content).
         skip_empty: drop images without non-crowd instances (kept as negatives by default).
         log: log what was skipped or fixed now (else the caller logs ``CocoDataset.problems``).
 

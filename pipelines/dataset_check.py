@@ -1,9 +1,9 @@
 """The dataset checks that run before training or evaluation starts (no TensorFlow).
 
-:func:`load_checked` is the one way the JSON path reads a dataset: ``pipelines.coco.load_coco``
-(annotation rules), then ``pipelines.image_check.check_images`` (every file, ``data.bad_images``,
+:func:`load_checked` is the one way the JSON path reads a dataset: ``mrcnn_tf2.pipelines.coco.load_coco``
+(annotation rules), then ``mrcnn_tf2.pipelines.image_check.check_images`` (every file, ``data.bad_images``,
 ``export.max_image_pixels``), then the rule that a dataset without a single usable instance is refused.
-The CLI calls :func:`check_datasets` in ``cli.common.prepare``, so bad data exits with status 2 before
+The CLI calls :func:`check_datasets` in ``mrcnn_tf2.cli.common.prepare``, so bad data exits with status 2 before
 TensorFlow is imported; the input pipeline and the evaluator then get the same records from a small
 in-process memo (keyed by the file's path, size and mtime and the settings), so training and evaluation
 see exactly the same images and instances.
@@ -15,10 +15,10 @@ import collections
 import os
 from typing import Any
 
-from pipelines.coco import CocoDataset, DatasetError, load_coco, log_problems
-from pipelines.coco_fields import SKIP_KEYS
-from pipelines.dataset_info import dataset_paths
-from pipelines.image_check import check_images
+from mrcnn_tf2.pipelines.coco import CocoDataset, DatasetError, load_coco, log_problems
+from mrcnn_tf2.pipelines.coco_fields import SKIP_KEYS
+from mrcnn_tf2.pipelines.dataset_info import dataset_paths
+from mrcnn_tf2.pipelines.image_check import check_images
 
 __all__ = ["load_checked", "check_datasets"]
 
@@ -49,7 +49,7 @@ def load_checked(cfg: Any, mode: str) -> CocoDataset:
         mode: ``train`` (``data.skip_empty`` applies) or ``eval``.
 
     Returns:
-        The :class:`~pipelines.coco.CocoDataset` without the images that ``data.bad_images=skip`` drops.
+        The :class:`~mrcnn_tf2.pipelines.coco.CocoDataset` without the images that ``data.bad_images=skip`` drops.
 
     Raises:
         DatasetError: refused annotations, bad images under ``data.bad_images=error``, or no usable

@@ -1,8 +1,8 @@
 """Which dataset files a mode reads and what they hold, without TensorFlow.
 
-The CLI's checks before TensorFlow starts (``cli.common.prepare``) use this module: it reads only JSON
-(a COCO instances file, or the ``dataset_info.json`` that ``python -m pipelines.tfrecord`` writes beside
-its shards) and lists files. ``pipelines.coco`` and ``pipelines.tfrecord`` re-export its names.
+The CLI's checks before TensorFlow starts (``mrcnn_tf2.cli.common.prepare``) use this module: it reads only JSON
+(a COCO instances file, or the ``dataset_info.json`` that ``python -m mrcnn_tf2.pipelines.tfrecord`` writes beside
+its shards) and lists files. ``mrcnn_tf2.pipelines.coco`` and ``mrcnn_tf2.pipelines.tfrecord`` re-export its names.
 
 - :func:`dataset_paths`: the annotation file / image folder / TFRecord glob of ``train`` or ``eval``,
   generating the built-in shapes dataset when none is configured;
@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.coco_fields import Checker, DatasetError, read_json
+from mrcnn_tf2.pipelines.coco_fields import Checker, DatasetError, read_json
 
 __all__ = ["INFO_FILE", "DatasetPaths", "dataset_paths", "category_mapping", "list_tfrecord_files",
            "read_dataset_info"]
@@ -62,7 +62,7 @@ def dataset_paths(cfg: Any, mode: str) -> DatasetPaths:
             raise DatasetError(f"data.{prefix}_annotations and data.{prefix}_images must both be set "
                                f"(got '{annotations}' and '{images}')")
         return DatasetPaths(annotations, images, tfrecords)
-    from pipelines import shapes  # local import: shapes pulls in OpenCV drawing
+    from mrcnn_tf2.pipelines import shapes  # local import: shapes pulls in OpenCV drawing
 
     shapes.ensure_shapes_dataset(d.data_dir, d.shapes_num_train, d.shapes_num_val, seed=0)
     split = "train" if mode == "train" else "val"
@@ -86,7 +86,7 @@ def read_dataset_info(pattern: str) -> dict[str, Any]:
     folder = pattern if os.path.isdir(pattern) else os.path.dirname(pattern)
     path = os.path.join(folder, INFO_FILE)
     if not os.path.isfile(path):
-        raise DatasetError(f"{path}: missing; TFRecords must be written by `python -m pipelines.tfrecord`, "
+        raise DatasetError(f"{path}: missing; TFRecords must be written by `python -m mrcnn_tf2.pipelines.tfrecord`, "
                            "which stores the category mapping there")
     try:
         with open(path, encoding="utf-8") as f:

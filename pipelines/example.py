@@ -27,8 +27,7 @@ import os
 import cv2
 import numpy as np
 import tensorflow as tf
-
-from pipelines.coco import DatasetError, ImageRecord, instance_masks
+from mrcnn_tf2.pipelines.coco import DatasetError, ImageRecord, instance_masks
 
 __all__ = ["FEATURE_SPEC", "encode_image_file", "encode_masks", "encode_record", "serialize_example",
            "parse_example", "decode_example"]

@@ -26,10 +26,10 @@ import os
 import cv2
 import numpy as np
 from absl import logging
+from mrcnn_tf2.pipelines.coco import CocoDataset, DatasetError, ImageRecord
+from mrcnn_tf2.pipelines.image_header import image_format, read_exif_orientation, read_image_size
 
 from mrcnn_tf2.config.choices import BAD_IMAGES
-from pipelines.coco import CocoDataset, DatasetError, ImageRecord
-from pipelines.image_header import image_format, read_exif_orientation, read_image_size
 
 __all__ = ["CACHE_NAME", "FileFacts", "inspect_file", "cache_path", "check_images"]
 
@@ -151,7 +151,7 @@ def check_images(dataset: CocoDataset, bad_images: str = "error", max_pixels: in
     """Checks every image file of ``dataset`` once (module docstring).
 
     Args:
-        dataset: from ``pipelines.coco.load_coco`` (with ``check_files=False`` so missing files count as
+        dataset: from ``mrcnn_tf2.pipelines.coco.load_coco`` (with ``check_files=False`` so missing files count as
             bad images here).
         bad_images: ``error`` (refuse) or ``skip`` (drop the bad images, count and log them).
         max_pixels: the ``export.max_image_pixels`` limit; 0 = none.

@@ -14,7 +14,7 @@ The batch contract (DESIGN.md sections 3-5), per replica, B = per-replica batch 
 Flow: source of encoded examples (``pipelines/example.py``) -> [train: shuffle, repeat] -> decode ->
 [train: augment] -> ground truth from masks -> batch -> prefetch. Two sources:
 
-- COCO JSON (small datasets; the default shapes demo), read by ``pipelines.dataset_check.load_checked``:
+- COCO JSON (small datasets; the default shapes demo), read by ``mrcnn_tf2.pipelines.dataset_check.load_checked``:
   masks are rendered on the host by ``from_generator`` sources, sharded by image; in train mode the
   decoded images and masks are cached in memory when they fit in ``data.cache_max_mb``, so after the
   first epoch only augmentation runs. Without the cache, image *indices* are shuffled, repeated and
@@ -37,14 +37,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from absl import logging
-
-from pipelines import augment as augment_lib
-from pipelines.coco import DatasetError, dataset_paths
-from pipelines.dataset_check import load_checked
-from pipelines.example import FEATURE_SPEC, decode_example, encode_record, parse_example
-from pipelines.mask_to_box import mask_to_box, pack_instances
-from pipelines.preprocess import SideResize, build_image_info, preprocess_image, resize_and_pad, side_resize
-from pipelines.tfrecord import INFO_FILE, list_tfrecord_files, read_dataset_info
+from mrcnn_tf2.pipelines import augment as augment_lib
+from mrcnn_tf2.pipelines.coco import DatasetError, dataset_paths
+from mrcnn_tf2.pipelines.dataset_check import load_checked
+from mrcnn_tf2.pipelines.example import FEATURE_SPEC, decode_example, encode_record, parse_example
+from mrcnn_tf2.pipelines.mask_to_box import mask_to_box, pack_instances
+from mrcnn_tf2.pipelines.preprocess import SideResize, build_image_info, preprocess_image, resize_and_pad, side_resize
+from mrcnn_tf2.pipelines.tfrecord import INFO_FILE, list_tfrecord_files, read_dataset_info
 
 __all__ = ["MODES", "make_example", "build_dataset"]
 
@@ -59,7 +58,7 @@ def make_example(decoded: Mapping[str, tf.Tensor], *, image_size: int, pixel_nor
 
     Args:
         decoded: ``image [H, W, 3]`` uint8, ``masks [N, H, W]`` uint8 {0, 1}, ``classes [N]`` int32,
-            ``image_id`` int64 scalar (see ``pipelines.example.decode_example``).
+            ``image_id`` int64 scalar (see ``mrcnn_tf2.pipelines.example.decode_example``).
         image_size: S.
         pixel_normalization: ``caffe`` or ``none``.
         max_instances: G.

@@ -8,7 +8,7 @@ data. Layout::
     <output>/train.json, <output>/val.json          COCO instances (categories square=1, circle=2, triangle=3)
     <output>/images/train/000001.png, images/val/...  RGB PNGs
 
-Command line: ``python -m pipelines.shapes --output data/shapes --num_train 500 --num_val 50 --seed 0``.
+Command line: ``python -m mrcnn_tf2.pipelines.shapes --output data/shapes --num_train 500 --num_val 50 --seed 0``.
 :func:`ensure_shapes_dataset` generates it once, under a file lock, writing the JSONs last and
 atomically, so concurrent processes and interrupted runs never leave a half-written dataset behind.
 """

@@ -2,7 +2,7 @@
 
 Convert once::
 
-    python -m pipelines.tfrecord --annotations A.json --images DIR --output OUT --shards N [--workers W]
+    python -m mrcnn_tf2.pipelines.tfrecord --annotations A.json --images DIR --output OUT --shards N [--workers W]
 
 writes ``OUT/data-00000-of-0000N.tfrecord ...`` (image ``i`` of the JSON goes to shard ``i % N``; each
 record holds the features of ``pipelines/example.py``: the image file bytes, PNG-encoded instance masks
@@ -26,13 +26,13 @@ import os
 from collections.abc import Sequence
 
 import tensorflow as tf
+from mrcnn_tf2.pipelines.coco import CocoDataset, DatasetError, ImageRecord, load_coco
+from mrcnn_tf2.pipelines.dataset_info import INFO_FILE, list_tfrecord_files, read_dataset_info
+from mrcnn_tf2.pipelines.example import encode_record, serialize_example
+from mrcnn_tf2.pipelines.image_check import check_images
 
 from mrcnn_tf2.config.choices import BAD_IMAGES
 from mrcnn_tf2.config.schema import ExportConfig
-from pipelines.coco import CocoDataset, DatasetError, ImageRecord, load_coco
-from pipelines.dataset_info import INFO_FILE, list_tfrecord_files, read_dataset_info
-from pipelines.example import encode_record, serialize_example
-from pipelines.image_check import check_images
 
 __all__ = ["INFO_FILE", "write_tfrecords", "list_tfrecord_files", "read_dataset_info", "main"]
 
@@ -50,7 +50,7 @@ def write_tfrecords(dataset: CocoDataset, output_dir: str, num_shards: int, work
     """Writes ``dataset`` as ``num_shards`` TFRecord files plus ``dataset_info.json``.
 
     Args:
-        dataset: a loaded :class:`~pipelines.coco.CocoDataset`.
+        dataset: a loaded :class:`~mrcnn_tf2.pipelines.coco.CocoDataset`.
         output_dir: the output folder (created).
         num_shards: number of files (use at least the number of input pipelines/hosts, e.g. 8-256).
         workers: processes writing shards in parallel.

@@ -17,13 +17,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.pipelines.preprocess import preprocess_image
 from pycocotools.coco import COCO
 
 from mrcnn_tf2 import Detection, Detector, build_model, config
 from mrcnn_tf2.detector import ImageError, ModelServe
 from mrcnn_tf2.run_dir import write_config
 from mrcnn_tf2.training import CheckpointKeeper
-from pipelines.preprocess import preprocess_image
 
 CATEGORY_IDS = (3, 7, 11)
 NAMES = ("square", "circle", "triangle")
@@ -219,7 +219,7 @@ def test_saved_model_gives_the_detections_of_the_run(run):
     The SavedModel computes in float32 inside one graph (boxes scaled back in float32, not float64),
     and batches only images of equal size, so results agree to float32 rounding, not bit for bit.
     """
-    from export.saved_model import export_saved_model
+    from mrcnn_tf2.export.saved_model import export_saved_model
 
     export_dir = str(run.root / "exported")
     path = export_saved_model(run.model, run.cfg, export_dir)

@@ -213,8 +213,8 @@ def test_bad_label_raises():
 
 def test_checked_ground_truth_evaluates_what_raw_pycocotools_cannot(gt_file, tmp_path):
     """Annotations that training skips crash pycocotools on the raw file; the checked ground truth
-    (pipelines.coco.ground_truth) drops them, and scores exactly as the clean file does."""
-    from pipelines import coco
+    (mrcnn_tf2.pipelines.coco.ground_truth) drops them, and scores exactly as the clean file does."""
+    from mrcnn_tf2.pipelines import coco
 
     with open(gt_file) as f:
         data = json.load(f)

@@ -14,11 +14,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli import train as cli_train
+from mrcnn_tf2.cli.common import prepare, read_config, write_config
 
-import cli
-from cli import train as cli_train
-from cli.common import prepare, read_config, write_config
-from mrcnn_tf2 import config, training
+from mrcnn_tf2 import cli, config, training
 from tests.cli.common import tiny_args
 
 BASE_LR, WARMUP, FACTOR = 0.1, 10, 0.01

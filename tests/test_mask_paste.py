@@ -57,7 +57,7 @@ def test_empty_and_bad_mode():
 
 
 def test_client_modules_do_not_import_tensorflow():
-    code = ("import sys, export.masks, mrcnn_tf2.mask_paste, mrcnn_tf2.evaluation; "
+    code = ("import sys, mrcnn_tf2.export.masks, mrcnn_tf2.mask_paste, mrcnn_tf2.evaluation; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     env = dict(os.environ, PYTHONPATH=REPO)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env)

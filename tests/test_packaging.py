@@ -89,7 +89,7 @@ def test_missing_tensorflow_names_the_extra(tmp_path: Path) -> None:
             mrcnn_tf2.build_model
         except ModuleNotFoundError as e:
             print("import:", e)
-        from cli.command import run
+        from mrcnn_tf2.cli.command import run
         sys.argv = ["mrcnn-tf2", "--mode=train", "--config=shapes", "--model=none", "--steps=1",
                     "--model_dir={tmp_path / 'run'}", "--data_dir={tmp_path / 'shapes'}",
                     "--config_override=data.shapes_num_train=2", "--config_override=data.shapes_num_val=1"]

@@ -152,7 +152,7 @@ class DataConfig:
     skip_empty: bool = False
     shuffle_buffer: int = 1000
     seed: int = 0
-    # Sharded TFRecords from `python -m pipelines.tfrecord` (a glob or a folder); replaces the train JSON.
+    # Sharded TFRecords from `python -m mrcnn_tf2.pipelines.tfrecord` (a glob or a folder); replaces the train JSON.
     train_tfrecords: str = ""
     # JSON path: decoded images and masks are cached in memory when they fit in this many MiB.
     cache_max_mb: int = 1024

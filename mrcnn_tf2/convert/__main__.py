@@ -67,7 +67,7 @@ def convert(weights: str, variant: str, model_dir: str, overrides: list[str] | N
     Raises:
         tv.ConvertError, config.ConfigError: bad input (the message names the file, keys or field).
     """
-    from cli.common import RunPaths, find_checkpoint, write_config  # the run-dir layout of main.py (no TF)
+    from mrcnn_tf2.cli.common import RunPaths, find_checkpoint, write_config  # the run-dir layout of main.py (no TF)
 
     paths = RunPaths(model_dir)
     if find_checkpoint(paths.checkpoints) is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from cli.common import RunArgs
+from mrcnn_tf2.cli.common import RunArgs
 
 # 8 training and 4 validation images of the built-in shapes dataset (128 px), small eval batches.
 TINY_OVERRIDES = ["data.shapes_num_train=8", "data.shapes_num_val=4", "eval.batch_size=2",

@@ -12,15 +12,14 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli import train as train_cli
+from mrcnn_tf2.cli.common import write_config
+from mrcnn_tf2.cli.weights import restore_model
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import cli
-from cli import train as train_cli
-from cli.common import write_config
-from cli.weights import restore_model
-from mrcnn_tf2 import build_model
+from mrcnn_tf2 import build_model, cli
 from tests.cli.common import tiny_args
 
 LOSS_TAGS = {"loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask", "grad_norm",
@@ -208,7 +207,7 @@ def planted_root(tmp_path_factory):
 def _planted_eval(root: str, model_dir: str, monkeypatch, plant, overrides=()) -> dict:
     """``--mode=eval`` with the model replaced by ``plant(gt, image_id)`` detections, mapped into the model
     frame with the batch's own ``image_info`` (as a model would output them)."""
-    from cli import evaluate as eval_cli
+    from mrcnn_tf2.cli import evaluate as eval_cli
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(os.path.join(root, "shapes", "val.json"))

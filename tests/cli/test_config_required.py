@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from cli.common import CliError, RunArgs, prepare
+from mrcnn_tf2.cli.common import CliError, RunArgs, prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

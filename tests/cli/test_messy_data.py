@@ -8,11 +8,11 @@ import os
 import shutil
 
 import numpy as np
+from mrcnn_tf2.pipelines import coco, dataset_check, shapes
+from mrcnn_tf2.pipelines.input_pipeline import build_dataset
 
-import cli
+from mrcnn_tf2 import cli
 from mrcnn_tf2 import config as config_lib
-from pipelines import coco, dataset_check, shapes
-from pipelines.input_pipeline import build_dataset
 from tests.cli.common import tiny_args
 
 

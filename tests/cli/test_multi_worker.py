@@ -3,7 +3,7 @@
 Each worker is ``python main.py --mode=train --strategy=multi_worker ...`` with its own ``TF_CONFIG``
 (worker 0 = the chief). The test checks that both exit 0, that only the chief writes to ``--model_dir``
 (worker 1 gets its own, which must stay empty, and its temporary checkpoint folder is removed), that
-both end with bit-identical weights (each writes them to ``MRCNN_TF2_WEIGHTS_DUMP``, see ``cli.train``;
+both end with bit-identical weights (each writes them to ``MRCNN_TF2_WEIGHTS_DUMP``, see ``mrcnn_tf2.cli.train``;
 batch-norm moving statistics excepted, see ``_worker_weights``), that the chief's last checkpoint holds
 the chief's final weights, and that ``--model=last`` resumes on two workers. A hung
 collective cannot hang CI: each run has a deadline, and a worker that fails stops the other. A port that
@@ -23,12 +23,11 @@ import time
 
 import numpy as np
 import pytest
+from mrcnn_tf2.cli.common import read_config
+from mrcnn_tf2.cli.train import WEIGHTS_DUMP_ENV
+from mrcnn_tf2.cli.weights import restore_model
 
-import cli
-from cli.common import read_config
-from cli.train import WEIGHTS_DUMP_ENV
-from cli.weights import restore_model
-from mrcnn_tf2 import build_model
+from mrcnn_tf2 import build_model, cli
 from tests.cli.common import TINY_OVERRIDES, tiny_args
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli import train as train_cli
 
-import cli
-from cli import train as train_cli
-from mrcnn_tf2 import trainer
+from mrcnn_tf2 import cli, trainer
 from tests.cli.common import tiny_args
 
 # The heavy ops of a Mask R-CNN step: convolutions, their gradients and the dense layers.

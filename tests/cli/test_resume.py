@@ -24,11 +24,10 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli import train as cli_train
 from tensorflow.python.framework import config as tf_config
 
-import cli
-from cli import train as cli_train
-from mrcnn_tf2 import trainer
+from mrcnn_tf2 import cli, trainer
 from mrcnn_tf2.model import MaskRCNN
 from tests.cli.common import tiny_args
 

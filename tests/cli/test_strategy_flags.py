@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-import cli
+from mrcnn_tf2 import cli
 from tests.cli.common import tiny_args
 from tests.cli.test_bad_input import _check_one_paragraph, _main
 

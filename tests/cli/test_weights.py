@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.cli.common import CliError, WeightsSource, find_checkpoint, prepare, run_config_path, write_config
+from mrcnn_tf2.cli.weights import load_weights
 
-from cli.common import CliError, WeightsSource, find_checkpoint, prepare, run_config_path, write_config
-from cli.weights import load_weights
 from mrcnn_tf2 import build_model, config
 from mrcnn_tf2.training import CheckpointKeeper
 from tests.cli.common import tiny_args

@@ -216,8 +216,7 @@ class OurStages:
 @cache
 def our_stages(variant: str, height: int, width: int, seed: int) -> OurStages:
     import tensorflow as tf
-
-    from pipelines.preprocess import preprocess_image, side_resize
+    from mrcnn_tf2.pipelines.preprocess import preprocess_image, side_resize
 
     cfg, model = make_our_model(variant)
     theirs = torch_stages(variant, height, width, seed)

@@ -61,7 +61,7 @@ def _convert_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_run_dir_layout_and_values(run_v1, files):
-    from cli.common import find_checkpoint, read_config
+    from mrcnn_tf2.cli.common import find_checkpoint, read_config
 
     model_dir, prefix = run_v1
     assert prefix.endswith("ckpt-0") and find_checkpoint(os.path.join(model_dir, "checkpoints")) == prefix
@@ -72,7 +72,8 @@ def test_run_dir_layout_and_values(run_v1, files):
     assert cfg.model.min_size == 128 and cfg.train.weight_decay_mode == "coupled"
 
     # The checkpoint holds the file's values in our layouts: restore it as eval does and read the variables.
-    from cli.weights import restore_model
+    from mrcnn_tf2.cli.weights import restore_model
+
     from mrcnn_tf2 import build_model
 
     model = build_model(cfg)
@@ -97,7 +98,7 @@ def test_run_dir_layout_and_values(run_v1, files):
 def test_eval_predict_export_accept_the_run_dir(run_v1, tmp_path):
     import cv2
 
-    import cli
+    from mrcnn_tf2 import cli
 
     model_dir, _ = run_v1
     root = str(tmp_path)
@@ -119,7 +120,7 @@ def test_eval_predict_export_accept_the_run_dir(run_v1, tmp_path):
 
 @pytest.mark.slow
 def test_fine_tune_from_the_converted_checkpoint(run_v1, tmp_path):
-    import cli
+    from mrcnn_tf2 import cli
 
     model_dir, prefix = run_v1
     logs = cli.run(tiny_args(str(tmp_path), "train", model_dir="finetune", config="torchvision_r50_fpn",

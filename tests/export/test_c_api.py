@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.export.saved_model import SERVING_DEFAULT, export_saved_model
 from tensorflow.core.protobuf import saved_model_pb2
 
-from export.saved_model import SERVING_DEFAULT, export_saved_model
 from mrcnn_tf2 import build_model, config
 from tests.export.image_files import png_bomb
 

@@ -1,4 +1,4 @@
-"""export.client.RestServe behind mrcnn_tf2.Detector, against a local fake of TF Serving's REST API.
+"""mrcnn_tf2.export.client.RestServe behind mrcnn_tf2.Detector, against a local fake of TF Serving's REST API.
 
 The fake server checks what a real one would receive (row format, base64 PNGs that decode to the exact
 pixels sent) and answers with fixed detections, so the test needs no model and checks the client side:
@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import cv2
 import numpy as np
 import pytest
+from mrcnn_tf2.export.client import RestServe, read_categories
 
-from export.client import RestServe, read_categories
 from mrcnn_tf2 import Detector
 
 D, M = 3, 4

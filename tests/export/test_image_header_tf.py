@@ -12,8 +12,8 @@ import struct
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.export import image_header_tf as header
 
-from export import image_header_tf as header
 from tests.export.image_files import gif_bomb, png_bomb, webp_vp8x_header
 
 SIZES = ((37, 53), (1, 1), (64, 17))

@@ -1,4 +1,4 @@
-"""export.masks: box-relative masks pasted into full images, against a plain per-pixel NumPy reference.
+"""mrcnn_tf2.export.masks: box-relative masks pasted into full images, against a plain per-pixel NumPy reference.
 
 The reference is written here from the rule (mask cell centres spread evenly over the box, bilinear inside
 the box, 0 outside); the client helper, the NumPy pasting the evaluator uses and the TF pasting all must
@@ -7,8 +7,8 @@ match it on fractional boxes that stick out of the image on every side.
 
 import numpy as np
 import pytest
+from mrcnn_tf2.export import masks
 
-from export import masks
 from mrcnn_tf2.ops import mask_ops
 
 # Fractional boxes: inside, out past the top and right borders, out past the left and bottom borders,

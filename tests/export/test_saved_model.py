@@ -21,15 +21,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.export import client
+from mrcnn_tf2.export import saved_model as saved_model_lib
+from mrcnn_tf2.export.saved_model import (
+    export_from_checkpoint,
+    export_saved_model,
+    next_version,
+    variables_bytes,
+    weights_bytes,
+)
+from mrcnn_tf2.pipelines.preprocess import preprocess_image
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 
-from export import client
-from export import saved_model as saved_model_lib
-from export.saved_model import export_from_checkpoint, export_saved_model, next_version, variables_bytes, weights_bytes
 from mrcnn_tf2 import build_model, config
 from mrcnn_tf2.training import CheckpointKeeper
-from pipelines.preprocess import preprocess_image
 from tests.export.image_files import png_bomb
 
 OUTPUTS = {"num_detections": (tf.int32, 1), "detection_boxes": (tf.float32, 3),

@@ -192,7 +192,7 @@ def _shapes_side_cfg():
 
 
 def test_non_square_inference_clips_to_the_real_image():
-    from pipelines.preprocess import preprocess_image, side_resize
+    from mrcnn_tf2.pipelines.preprocess import preprocess_image, side_resize
 
     cfg = _shapes_side_cfg()
     model = build_model(cfg)
@@ -215,8 +215,8 @@ def test_non_square_inference_clips_to_the_real_image():
 
 
 def test_serving_pads_a_batch_to_its_largest_image():
-    from export.serving import ServingEndpoints
-    from pipelines.preprocess import side_resize
+    from mrcnn_tf2.export.serving import ServingEndpoints
+    from mrcnn_tf2.pipelines.preprocess import side_resize
 
     cfg = _shapes_side_cfg()
     model = build_model(cfg)

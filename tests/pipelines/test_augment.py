@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.pipelines import augment
+from mrcnn_tf2.pipelines.input_pipeline import make_example
+from mrcnn_tf2.pipelines.mask_to_box import mask_to_box
 
 from mrcnn_tf2.config import AugmentConfig
-from pipelines import augment
-from pipelines.input_pipeline import make_example
-from pipelines.mask_to_box import mask_to_box
 
 NO_AUG = AugmentConfig(hflip_prob=0, vflip_prob=0, scale_min=1, scale_max=1, crop_prob=0, rotation_prob=0,
                        brightness=0, contrast=0, saturation=0, hue=0, blur_prob=0, noise_prob=0)

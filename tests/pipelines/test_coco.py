@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from mrcnn_tf2.pipelines import coco
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from pipelines import coco
 from tests.pipelines.coco_fixtures import rect_polygon, small_config, write_coco
 
 
@@ -189,7 +189,7 @@ def test_dataset_paths_uses_given_files_or_generates_shapes(tmp_path):
 def test_concurrent_shapes_generation(tmp_path):
     """Two processes generating at once leave one complete, consistent dataset."""
     target = str(tmp_path / "data")
-    code = ("import sys; from pipelines import shapes; "
+    code = ("import sys; from mrcnn_tf2.pipelines import shapes; "
             f"shapes.ensure_shapes_dataset({target!r}, num_train=30, num_val=5)")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root) for _ in range(2)]

@@ -29,8 +29,8 @@ def test_pre_training_checks_import_no_tensorflow(tmp_path):
     (records / "dataset_info.json").write_text(json.dumps({"category_ids": [3, 7], "category_names": ["a", "b"],
                                                            "num_images": 3}))
     code = f"""
-from pipelines import coco, dataset_check, dataset_info, image_check, image_header
-from cli.common import RunArgs, prepare
+from mrcnn_tf2.pipelines import coco, dataset_check, dataset_info, image_check, image_header
+from mrcnn_tf2.cli.common import RunArgs, prepare
 args = dict(mode="train", config="shapes", model_dir={str(tmp_path / 'run')!r}, verbose=False,
             config_override=["train.eval_every=5"], val_annotations={ann!r}, val_images={image_dir!r})
 json_run = prepare(RunArgs(train_annotations={ann!r}, train_images={image_dir!r}, **args))

@@ -6,9 +6,8 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from pipelines import coco
-from pipelines.example import (
+from mrcnn_tf2.pipelines import coco
+from mrcnn_tf2.pipelines.example import (
     decode_example,
     encode_image_file,
     encode_masks,
@@ -16,6 +15,7 @@ from pipelines.example import (
     parse_example,
     serialize_example,
 )
+
 from tests.pipelines.coco_fixtures import rect_polygon, write_coco
 
 RNG = np.random.default_rng(0)

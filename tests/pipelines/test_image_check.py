@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.pipelines import coco, image_check
+from mrcnn_tf2.pipelines.example import encode_image_file
 
-from pipelines import coco, image_check
-from pipelines.example import encode_image_file
 from tests.pipelines.coco_fixtures import rect_polygon
 
 H, W = 40, 50
@@ -185,7 +185,7 @@ def test_read_only_image_folder_caches_in_the_user_cache(tmp_path, monkeypatch):
 
 
 def test_tfrecord_conversion_applies_the_checks(tmp_path):
-    from pipelines import tfrecord
+    from mrcnn_tf2.pipelines import tfrecord
 
     bad = _bad_files()
     ann, image_dir = _write_dataset(str(tmp_path), {"ok.png": _good_files()["ok.png"],

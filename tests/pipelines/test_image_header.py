@@ -7,8 +7,7 @@ import io
 import cv2
 import numpy as np
 import pytest
-
-from pipelines.image_header import image_format, read_exif_orientation, read_image_size
+from mrcnn_tf2.pipelines.image_header import image_format, read_exif_orientation, read_image_size
 
 PIL = pytest.importorskip("PIL.Image")
 

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.pipelines import coco
+from mrcnn_tf2.pipelines.example import decode_example, encode_record
+from mrcnn_tf2.pipelines.input_pipeline import build_dataset
+from mrcnn_tf2.pipelines.preprocess import preprocess_image
 
-from pipelines import coco
-from pipelines.example import decode_example, encode_record
-from pipelines.input_pipeline import build_dataset
-from pipelines.preprocess import preprocess_image
 from tests.pipelines.coco_fixtures import rect_polygon, rectangles_dataset, small_config, write_coco
 
 OFF = {"data.augment.enabled": False}
@@ -207,7 +207,7 @@ def test_bad_mode_and_bad_dataset(tmp_path, rects):
 
 def test_resume_renders_only_what_it_uses(rects, monkeypatch):
     """Uncached JSON path: skipped examples are never read or rendered, and the stream is unchanged."""
-    from pipelines import input_pipeline
+    from mrcnn_tf2.pipelines import input_pipeline
 
     ann, image_dir, _ = rects
     cfg = small_config(ann, image_dir, **{"data.shuffle_buffer": 100, "data.augment.rotation_prob": 0.5,

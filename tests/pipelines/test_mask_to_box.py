@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from pipelines.mask_to_box import crop_masks_to_boxes, mask_to_box, pack_instances
+from mrcnn_tf2.pipelines.mask_to_box import crop_masks_to_boxes, mask_to_box, pack_instances
 
 
 def np_mask_to_box(mask: np.ndarray) -> list[float]:

@@ -10,12 +10,12 @@ import os
 
 import numpy as np
 import pytest
+from mrcnn_tf2.pipelines import coco, dataset_check
+from mrcnn_tf2.pipelines.coco_fields import SKIP_KEYS
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipelines import coco, dataset_check
-from pipelines.coco_fields import SKIP_KEYS
 from tests.pipelines.coco_fixtures import rect_polygon, small_config, write_coco
 
 H, W = 40, 50
@@ -198,7 +198,7 @@ def test_load_checked_is_memoized_and_sees_file_changes(tmp_path):
 
 
 def test_rle_string_runs_equal_the_mask_runs():
-    from pipelines.coco_fields import _rle_string_counts
+    from mrcnn_tf2.pipelines.coco_fields import _rle_string_counts
 
     rng = np.random.default_rng(0)
     for shape, density in [((40, 50), 0.5), ((31, 17), 0.02), ((300, 200), 0.999), ((5, 5), 0.0)]:

@@ -4,8 +4,13 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from pipelines.preprocess import CAFFE_MEAN_BGR, denormalize_image, normalize_image, preprocess_image, resize_and_pad
+from mrcnn_tf2.pipelines.preprocess import (
+    CAFFE_MEAN_BGR,
+    denormalize_image,
+    normalize_image,
+    preprocess_image,
+    resize_and_pad,
+)
 
 
 def test_caffe_normalization_pinned_on_a_known_pixel():

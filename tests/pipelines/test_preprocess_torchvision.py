@@ -4,8 +4,7 @@ each side padded to 32, against torchvision's own GeneralizedRCNNTransform (eval
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from pipelines.preprocess import (
+from mrcnn_tf2.pipelines.preprocess import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
     SideResize,
@@ -16,6 +15,7 @@ from pipelines.preprocess import (
     side_resize,
     side_scaled_size,
 )
+
 from tests.torch_import import import_torch
 
 torch, _ = import_torch()
@@ -99,9 +99,10 @@ def test_side_resize_from_config():
 
 
 def test_eval_dataset_pads_each_batch_to_its_largest_image(tmp_path):
-    from pipelines import coco
-    from pipelines.example import decode_example, encode_record
-    from pipelines.input_pipeline import build_dataset
+    from mrcnn_tf2.pipelines import coco
+    from mrcnn_tf2.pipelines.example import decode_example, encode_record
+    from mrcnn_tf2.pipelines.input_pipeline import build_dataset
+
     from tests.pipelines.coco_fixtures import rectangles_dataset, small_config
 
     ann, image_dir, _ = rectangles_dataset(str(tmp_path), num_images=4)

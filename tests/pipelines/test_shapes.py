@@ -5,8 +5,7 @@ import os
 
 import cv2
 import numpy as np
-
-from pipelines import coco, shapes
+from mrcnn_tf2.pipelines import coco, shapes
 
 
 def test_generated_dataset_is_valid_coco_and_masks_match_pixels(tmp_path):

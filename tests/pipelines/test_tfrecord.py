@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from mrcnn_tf2.pipelines import coco, tfrecord
+from mrcnn_tf2.pipelines.example import parse_example
+from mrcnn_tf2.pipelines.input_pipeline import build_dataset
 
-from pipelines import coco, tfrecord
-from pipelines.example import parse_example
-from pipelines.input_pipeline import build_dataset
 from tests.pipelines.coco_fixtures import rectangles_dataset, small_config
 
 
