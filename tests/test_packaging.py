@@ -221,7 +221,8 @@ def test_sources_import_only_the_namespaced_names() -> None:
     bare = re.compile(rf"^\s*(?:from|import)\s+(?:{names})(?:[.\s]|$)|[\"'](?:{names})\.(?:{modules})\b", re.M)
     offenders = []
     for path in ROOT.rglob("*.py"):
-        if any(part in {".venv", "build", "data", "logs"} for part in path.relative_to(ROOT).parts):
+        if any(part.startswith(".") or part in {"build", "dist", "data", "logs"}
+               for part in path.relative_to(ROOT).parts):
             continue
         text = path.read_text(errors="replace")
         for match in bare.finditer(text):
