@@ -29,6 +29,7 @@ import harness  # noqa: E402  (benchmarks/harness.py: seeded image, timing, RSS)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import mrcnn_tf2  # noqa: E402
 from mrcnn_tf2 import build_model, config  # noqa: E402
 from pipelines.preprocess import preprocess_image, side_resize  # noqa: E402
 
@@ -72,7 +73,8 @@ def main() -> None:
 
     result = {"impl": "mrcnn-tf2", "config": args.config, "image_hw": [height, width],
               "input_hw": images.shape[1:3].as_list(), "batch": 1, "precision": args.precision,
-              "jit_compile": args.jit, "tf": tf.__version__, **harness.env_info()}
+              "jit_compile": args.jit, "tf": tf.__version__, "package": os.path.dirname(mrcnn_tf2.__file__),
+              **harness.env_info()}
     result.update(harness.time_runs(run, args.warmup, args.runs))
     out = infer(images, infos)
     result["num_detections"] = int(out["num_detections"][0])
