@@ -26,7 +26,8 @@ separately.) The price is an intermediate of ``B * R * P * P * (2 * sampling_rat
 (kept for the backward pass in training): 200M values (800 MB) for 1000 boxes at 7 x 7 x 256 with
 ``sampling_ratio=2``; ``sampling_ratio=1`` quarters it. ``max_gather_values`` (inference) bounds it (per image):
 the boxes are then pooled in equal chunks, one after the other (``tf.map_fn``, ``parallel_iterations=1``),
-so only one chunk's taps are alive at a time; the result is the same (each bin's reduction is unchanged).
+so only one chunk's taps are alive at a time; each bin's reduction is unchanged (equal up to float32
+rounding).
 
 Shape shorthand: B images, R boxes per image, L levels, C channels, P = ``output_size``,
 S = ``output_size * sampling_ratio`` samples per side.

