@@ -21,13 +21,32 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["emit", "env_info", "parse_hw", "peak_rss_mib", "seeded_image", "summarize", "time_runs"]
+__all__ = ["emit", "env_info", "parse_hw", "peak_rss_mib", "seeded_image", "summarize", "synthetic_targets",
+           "time_runs"]
 
 
 def seeded_image(height: int, width: int | None = None, seed: int = 0) -> np.ndarray:
     """A fixed random uint8 RGB image ``[height, width, 3]`` (``width`` defaults to ``height``)."""
     width = height if width is None else width
     return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def synthetic_targets(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The peer benchmarks' two ground-truth instances on a ``size x size`` image.
+
+    Returns:
+        ``boxes [2, 4]`` float32 x1y1x2y2 pixels (fractions 0.10 0.15 0.45 0.55 and 0.50 0.40 0.90 0.85 of
+        ``size``), ``classes [2]`` int64 (1, 3) and ``masks [2, size, size]`` uint8: the ellipse inscribed
+        in each box (corners truncated to integer pixels), 1 inside.
+    """
+    fractions = np.array([[0.10, 0.15, 0.45, 0.55], [0.50, 0.40, 0.90, 0.85]], np.float32)
+    boxes = (fractions * np.float32(size)).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    masks = np.zeros((2, size, size), np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.astype(int)):
+        centre_y, centre_x, radius_y, radius_x = (y1 + y2) / 2, (x1 + x2) / 2, (y2 - y1) / 2, (x2 - x1) / 2
+        masks[i] = ((yy - centre_y) / radius_y) ** 2 + ((xx - centre_x) / radius_x) ** 2 <= 1.0
+    return boxes, np.array([1, 3], np.int64), masks
 
 
 def parse_hw(text: str) -> tuple[int, int]:

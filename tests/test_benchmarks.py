@@ -40,6 +40,17 @@ def test_seeded_image_equals_the_shared_bench():
     common = _load(path, "shared_bench_common")
     for size in (512, 1024):
         np.testing.assert_array_equal(harness.seeded_image(size), common.seeded_image(size))
+        for ours, theirs in zip(harness.synthetic_targets(size), common.synthetic_targets(size)):
+            assert ours.dtype == theirs.dtype
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_synthetic_targets_fingerprint():
+    # Recorded from ../shared/bench/common.py's synthetic_targets(512).
+    boxes, classes, masks = harness.synthetic_targets(512)
+    np.testing.assert_allclose(boxes, [[51.2, 76.8, 230.4, 281.6], [256.0, 204.8, 460.8, 435.2]], rtol=1e-6)
+    assert classes.tolist() == [1, 3] and masks.dtype == np.uint8
+    assert masks.sum(axis=(1, 2)).tolist() == [28800, 36988]
 
 
 def test_parse_hw():
@@ -52,7 +63,7 @@ def test_parse_hw():
 
 def test_benchmarks_import_from_another_directory(tmp_path):
     # No sys.path entry into ../shared: the scripts must start from anywhere (issue 11 section 5).
-    for script in ("side_by_side.py", "inference.py"):
+    for script in ("side_by_side.py", "inference.py", "train_step.py"):
         run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--help"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
