@@ -6,7 +6,7 @@ counts as the torchvision peer (``benchmarks/torchvision_peer.py``: score thresh
 100 detections), so the two can be run side by side (``benchmarks/side_by_side.py`` alternates them):
 
     python benchmarks/inference.py --size 1024 --out tf.json                       # coco_r50_fpn, 1024 x 1024
-    python benchmarks/inference.py --config torchvision_r50_fpn --image 480x640     # -> 800 x 1067 (pad 800 x 1088)
+    python benchmarks/inference.py --config torchvision_r50_fpn --image 480x640     # -> 800 x 1066 (pad 800 x 1088)
     python benchmarks/inference.py --config torchvision_r50_fpn_v2 --image 480x640 --precision bfloat16
 
 ``--image HxW`` is the original image; square presets resize it into ``--size`` x ``--size``, the

@@ -4,7 +4,7 @@ Each measurement is one process (so peak RSS is per measurement): ``benchmarks/i
 Python, ``benchmarks/torchvision_peer.py`` under ``--torch-python`` (a venv with torch 2.14.1 and
 torchvision 0.29.1). Cases (``--cases``, comma separated):
 
-- ``v1``: ``torchvision_r50_fpn`` vs ``maskrcnn_resnet50_fpn``, seeded 480x640 photo (-> 800 x 1088 padded);
+- ``v1``: ``torchvision_r50_fpn`` vs ``maskrcnn_resnet50_fpn``, seeded 480x640 photo (-> 800 x 1066, pad 800 x 1088);
 - ``v2``: ``torchvision_r50_fpn_v2`` vs ``maskrcnn_resnet50_fpn_v2``, same photo;
 - ``coco1024``: ``coco_r50_fpn`` at 1024 x 1024 vs ``maskrcnn_resnet50_fpn`` at 1024 (the shared bench's setup).
 
