@@ -27,9 +27,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(_HERE)), "shared", "bench"))
+sys.path.insert(0, _HERE)
 
-import common  # noqa: E402  (../shared/bench/common.py: seeded data, timing, RSS)
+import harness  # noqa: E402  (benchmarks/harness.py: the peer benchmarks' seeded data, timing, RSS)
 import numpy as np  # noqa: E402
 
 
@@ -39,8 +39,8 @@ def make_batch(size: int, batch: int, mask_size: int, max_instances: int, pixel_
     from mrcnn_tf2.pipelines.mask_to_box import crop_masks_to_boxes
     from mrcnn_tf2.pipelines.preprocess import preprocess_image
 
-    image, info = preprocess_image(tf.constant(common.seeded_image(size)), size, pixel_normalization)
-    boxes_xyxy, classes, masks = common.synthetic_targets(size)
+    image, info = preprocess_image(tf.constant(harness.seeded_image(size)), size, pixel_normalization)
+    boxes_xyxy, classes, masks = harness.synthetic_targets(size)
     boxes = boxes_xyxy[:, [1, 0, 3, 2]].astype(np.float32)
     crops = crop_masks_to_boxes(tf.constant(masks.astype(np.float32)), tf.constant(boxes), mask_size).numpy()
     n = len(classes)
@@ -87,12 +87,12 @@ def measure(args: argparse.Namespace) -> dict:
 
     result = {"impl": "mrcnn-tf2", "config": args.config, "size": args.size, "batch": args.batch,
               "norm": cfg.model.norm, "mixed_precision": args.mixed_precision or "float32", "jit_compile": args.jit,
-              "tf": tf.__version__, "gpu": bool(tf.config.list_physical_devices("GPU")), **common.env_info()}
-    result.update(common.summarize(common.time_runs(run, args.warmup, args.runs)))
+              "tf": tf.__version__, "gpu": bool(tf.config.list_physical_devices("GPU")), **harness.env_info()}
+    result.update(harness.time_runs(run, args.warmup, args.runs))
     result["images_per_sec"] = round(args.batch / result["median_s"], 3)
     result["losses_last"] = logs
     result["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-    result["peak_rss_mib"] = round(common.peak_rss_mib(), 1)
+    result["peak_rss_mib"] = harness.peak_rss_mib()
     if result["gpu"]:
         result["peak_gpu_mib"] = round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
     return result
@@ -148,7 +148,7 @@ def main() -> None:
     if args.matrix:
         matrix(args)
         return
-    common.emit(measure(args), args.out)
+    harness.emit(measure(args), args.out)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,16 @@ def _resnet_options(m: config_lib.ModelConfig) -> dict:
 
 
 def build_variables(model: MaskRCNN) -> None:
-    """Creates every variable with one inference pass on a zero image."""
-    images = tf.zeros([1, model.image_size, model.image_size, 3], tf.float32)
-    model(images, default_image_info(1, model.image_size))
+    """Creates every variable by tracing one inference pass on a ``[1, S, S, 3]`` input, without running it.
+
+    Keras creates the variables (initialized eagerly, under ``tf.init_scope``) while the graph is traced;
+    nothing is computed. An eager pass at 1024 px instead kept ~2.4 GB resident for the rest of the
+    process (oneDNN's eager kernels and their caches) and took as long as an inference.
+    """
+    size = model.image_size
+
+    @tf.function(autograph=False)
+    def trace(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return model(images, default_image_info(1, size))
+
+    trace.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))

@@ -28,6 +28,9 @@ from mrcnn_tf2.ops import anchors as anchors_lib
 from mrcnn_tf2.ops import roi_align
 
 ROI_MAX_LEVEL = 5  # the coarsest FPN level that ROIAlign pools from
+# Inference pools ROIs in sequential chunks of at most this many gathered float32 values per image (128 MB):
+# 1000 boxes at 7 x 7 x 256 would otherwise gather 200M values (800 MB) at once (ops/roi_align.py).
+INFERENCE_ROI_GATHER_VALUES = 2**25
 _SUBLAYERS = ("backbone", "fpn", "rpn_head", "proposals_train", "proposals_test", "roi_sampler",
               "box_head", "mask_head", "detection_generator")
 
@@ -169,13 +172,15 @@ class MaskRCNN(keras.Model):
     def _features(self, images: tf.Tensor, training: bool) -> dict[int, tf.Tensor]:
         return self.fpn(self.backbone(images, training=training), training=training)
 
-    def _roi_align(self, features: Mapping[int, tf.Tensor], boxes: tf.Tensor, size: int) -> tf.Tensor:
+    def _roi_align(self, features: Mapping[int, tf.Tensor], boxes: tf.Tensor, size: int,
+                   max_gather_values: int | None = None) -> tf.Tensor:
         # ROIs are pooled from P2-P5 as in the FPN paper (detectron2, torchvision); P6 only feeds the RPN.
         pooled = {level: x for level, x in features.items() if level <= ROI_MAX_LEVEL}
         return roi_align.multilevel_roi_align(pooled, boxes, size, self.roi_sampling_ratio,
                                               canonical_size=self.canonical_size,
                                               canonical_level=self.canonical_level,
-                                              aligned=self.roi_align_aligned, level_eps=self.roi_level_eps)
+                                              aligned=self.roi_align_aligned, level_eps=self.roi_level_eps,
+                                              max_gather_values=max_gather_values)
 
     def call(self, images: tf.Tensor, image_info: tf.Tensor | None = None, training: bool = False
              ) -> dict[str, tf.Tensor]:
@@ -192,9 +197,11 @@ class MaskRCNN(keras.Model):
         rpn_logits, rpn_deltas = self.rpn_head(features)
         anchors = self._grid_anchors(images, features)
         rois, _, roi_valid = self.proposals_test(rpn_logits, rpn_deltas, anchors, image_info)
-        class_logits, box_deltas = self.box_head(self._roi_align(features, rois, self.box_pool_size))
+        class_logits, box_deltas = self.box_head(
+            self._roi_align(features, rois, self.box_pool_size, INFERENCE_ROI_GATHER_VALUES))
         detections = self.detection_generator(class_logits, box_deltas, rois, roi_valid, image_info)
-        mask_features = self._roi_align(features, detections["detection_boxes"], self.mask_pool_size)
+        mask_features = self._roi_align(features, detections["detection_boxes"], self.mask_pool_size,
+                                        INFERENCE_ROI_GATHER_VALUES)
         mask_logits = self.mask_head(mask_features, detections["detection_classes"])
         valid = tf.range(tf.shape(mask_logits)[1])[None, :] < detections["num_detections"][:, None]
         detections["detection_masks"] = tf.where(valid[:, :, None, None], tf.sigmoid(mask_logits), 0.0)

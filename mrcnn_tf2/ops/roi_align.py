@@ -24,7 +24,10 @@ stay static, and the gradient w.r.t. the features is a scatter-add. (This measur
 than ``tf.image.crop_and_resize`` on every level, and 3.4x faster than gathering the four corners
 separately.) The price is an intermediate of ``B * R * P * P * (2 * sampling_ratio)**2 * C`` float32 values
 (kept for the backward pass in training): 200M values (800 MB) for 1000 boxes at 7 x 7 x 256 with
-``sampling_ratio=2``; ``sampling_ratio=1`` quarters it.
+``sampling_ratio=2``; ``sampling_ratio=1`` quarters it. ``max_gather_values`` (inference) bounds it (per image):
+the boxes are then pooled in equal chunks, one after the other (``tf.map_fn``, ``parallel_iterations=1``),
+so only one chunk's taps are alive at a time; each bin's reduction is unchanged (equal up to float32
+rounding).
 
 Shape shorthand: B images, R boxes per image, L levels, C channels, P = ``output_size``,
 S = ``output_size * sampling_ratio`` samples per side.
@@ -111,6 +114,7 @@ def multilevel_roi_align(
     canonical_level: int = 4,
     aligned: bool = True,
     level_eps: float = 1e-5,
+    max_gather_values: int | None = None,
 ) -> tf.Tensor:
     """ROIAlign of every box on its FPN level.
 
@@ -127,6 +131,10 @@ def multilevel_roi_align(
         aligned: half-pixel shift (detectron2); False is torchvision's ``aligned=False`` rule (see the
             module docstring).
         level_eps: ``eps`` of :func:`assign_levels` (1e-6 for torchvision's ``LevelMapper``).
+        max_gather_values: None (one gather for all boxes), or a bound on the gathered intermediate per
+            image (``R * P * P * (2 * sampling_ratio)**2 * C`` values): the boxes are pooled in
+            ``ceil(that / max_gather_values)`` sequential chunks. Needs a static R; meant for inference
+            (in training the chunks' intermediates are kept for the backward pass anyway).
 
     Returns:
         ``[B, R, P, P, C]`` pooled features in the features' dtype (computed in float32);
@@ -157,54 +165,71 @@ def multilevel_roi_align(
     table_rows = offset
     table = tf.reshape(tf.concat(flat, axis=1), [-1, channels])  # [B * T, C]
 
-    level_idx = assign_levels(boxes, min_level, max_level, canonical_size, canonical_level,
-                              level_eps) - min_level
-    level_height = tf.gather(tf.cast(tf.stack(heights), tf.float32), level_idx)[..., None]  # [B, R, 1]
-    level_width = tf.gather(tf.cast(tf.stack(widths), tf.float32), level_idx)[..., None]
-    level_offset = tf.gather(tf.cast(tf.stack(offsets), tf.int32), level_idx)  # [B, R]
-    stride = tf.pow(2.0, tf.cast(level_idx + min_level, tf.float32))  # [B, R]
+    def pool(boxes: tf.Tensor) -> tf.Tensor:  # [B, r, 4] -> [B, r, P, P, C] float32
+        level_idx = assign_levels(boxes, min_level, max_level, canonical_size, canonical_level,
+                                  level_eps) - min_level
+        level_height = tf.gather(tf.cast(tf.stack(heights), tf.float32), level_idx)[..., None]  # [B, R, 1]
+        level_width = tf.gather(tf.cast(tf.stack(widths), tf.float32), level_idx)[..., None]
+        level_offset = tf.gather(tf.cast(tf.stack(offsets), tf.int32), level_idx)  # [B, R]
+        stride = tf.pow(2.0, tf.cast(level_idx + min_level, tf.float32))  # [B, R]
 
-    # Sample coordinates in feature cells: [B, R, S] (aligned: pixel box / stride - 0.5; not aligned:
-    # pixel box / stride, at least one cell wide).
-    # Sample k = p * sampling_ratio + i sits at start + p * bin + (i + 0.5) * bin / sampling_ratio, computed
-    # in this order as the ROIAlign kernels do, so float32 rounding matches theirs closely.
-    samples = output_size * sampling_ratio
-    bin_index = tf.cast(tf.range(samples) // sampling_ratio, tf.float32)  # [S]
-    sub_index = tf.cast(tf.range(samples) % sampling_ratio, tf.float32) + 0.5
-    y1, x1, y2, x2 = tf.unstack(boxes / stride[..., None], axis=-1)
-    if aligned:
-        y1, x1, box_h, box_w = y1 - 0.5, x1 - 0.5, y2 - y1, x2 - x1
-    else:
-        box_h, box_w = tf.maximum(y2 - y1, 1.0), tf.maximum(x2 - x1, 1.0)
-    bin_h, bin_w = (box_h / output_size)[..., None], (box_w / output_size)[..., None]
-    ys = y1[..., None] + bin_index * bin_h + sub_index * (bin_h / sampling_ratio)
-    xs = x1[..., None] + bin_index * bin_w + sub_index * (bin_w / sampling_ratio)
-    y_low, y_high, wy_low, wy_high = _axis_weights(ys, level_height)
-    x_low, x_high, wx_low, wx_high = _axis_weights(xs, level_width)
+        # Sample coordinates in feature cells: [B, R, S] (aligned: pixel box / stride - 0.5; not aligned:
+        # pixel box / stride, at least one cell wide).
+        # Sample k = p * sampling_ratio + i sits at start + p * bin + (i + 0.5) * bin / sampling_ratio, computed
+        # in this order as the ROIAlign kernels do, so float32 rounding matches theirs closely.
+        samples = output_size * sampling_ratio
+        bin_index = tf.cast(tf.range(samples) // sampling_ratio, tf.float32)  # [S]
+        sub_index = tf.cast(tf.range(samples) % sampling_ratio, tf.float32) + 0.5
+        y1, x1, y2, x2 = tf.unstack(boxes / stride[..., None], axis=-1)
+        if aligned:
+            y1, x1, box_h, box_w = y1 - 0.5, x1 - 0.5, y2 - y1, x2 - x1
+        else:
+            box_h, box_w = tf.maximum(y2 - y1, 1.0), tf.maximum(x2 - x1, 1.0)
+        bin_h, bin_w = (box_h / output_size)[..., None], (box_w / output_size)[..., None]
+        ys = y1[..., None] + bin_index * bin_h + sub_index * (bin_h / sampling_ratio)
+        xs = x1[..., None] + bin_index * bin_w + sub_index * (bin_w / sampling_ratio)
+        y_low, y_high, wy_low, wy_high = _axis_weights(ys, level_height)
+        x_low, x_high, wx_low, wx_high = _axis_weights(xs, level_width)
 
-    # Taps of each output bin along one axis: sampling_ratio samples x 2 corners -> [B, R, P, 2 * sr].
-    taps = 2 * sampling_ratio
+        # Taps of each output bin along one axis: sampling_ratio samples x 2 corners -> [B, R, P, 2 * sr].
+        taps = 2 * sampling_ratio
 
-    def per_bin(low: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
-        return tf.reshape(tf.stack([low, high], axis=-1), [batch_size, -1, output_size, taps])
+        def per_bin(low: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
+            return tf.reshape(tf.stack([low, high], axis=-1), [batch_size, -1, output_size, taps])
 
-    y_taps, wy_taps = per_bin(y_low, y_high), per_bin(wy_low, wy_high)
-    x_taps, wx_taps = per_bin(x_low, x_high), per_bin(wx_low, wx_high)
+        y_taps, wy_taps = per_bin(y_low, y_high), per_bin(wy_low, wy_high)
+        x_taps, wx_taps = per_bin(x_low, x_high), per_bin(wx_low, wx_high)
 
-    # Table row of every tap of every bin: [B * R, P, P, taps, taps], all corners in one gather. Batch and
-    # boxes share one axis, so no tensor exceeds rank 5 (TFLite's strided slices and batch matmuls take
-    # at most rank 5).
-    base = tf.range(batch_size, dtype=tf.int32)[:, None] * table_rows + level_offset  # [B, R]
-    rows = base[:, :, None, None] + y_taps * tf.cast(level_width, tf.int32)[..., None]  # [B, R, P, taps]
-    index = (tf.reshape(rows, [-1, output_size, 1, taps, 1])
-             + tf.reshape(x_taps, [-1, 1, output_size, 1, taps]))  # [B * R, P, P, taps, taps]
-    weight = (tf.reshape(wy_taps, [-1, output_size, 1, taps, 1])
-              * tf.reshape(wx_taps, [-1, 1, output_size, 1, taps]) / float(sampling_ratio**2))
-    num_boxes = _static_or_dynamic(boxes, 1)
-    values = tf.gather(table, tf.reshape(index, [-1, taps * taps]))  # [B * R * P * P, taps * taps, C]
-    # The weighted sum over taps as a rank-3 batch matmul (what einsum would run).
-    pooled = tf.matmul(tf.reshape(weight, [-1, 1, taps * taps]), values)  # [B * R * P * P, 1, C]
-    return tf.cast(tf.reshape(pooled, [batch_size, num_boxes, output_size, output_size, channels]), dtype)
+        # Table row of every tap of every bin: [B * r, P, P, taps, taps], all corners in one gather. Batch and
+        # boxes share one axis, so no tensor exceeds rank 5 (TFLite's strided slices and batch matmuls take
+        # at most rank 5).
+        base = tf.range(batch_size, dtype=tf.int32)[:, None] * table_rows + level_offset  # [B, r]
+        rows = base[:, :, None, None] + y_taps * tf.cast(level_width, tf.int32)[..., None]  # [B, r, P, taps]
+        index = (tf.reshape(rows, [-1, output_size, 1, taps, 1])
+                 + tf.reshape(x_taps, [-1, 1, output_size, 1, taps]))  # [B * r, P, P, taps, taps]
+        weight = (tf.reshape(wy_taps, [-1, output_size, 1, taps, 1])
+                  * tf.reshape(wx_taps, [-1, 1, output_size, 1, taps]) / float(sampling_ratio**2))
+        num_boxes = _static_or_dynamic(boxes, 1)
+        values = tf.gather(table, tf.reshape(index, [-1, taps * taps]))  # [B * r * P * P, taps * taps, C]
+        # The weighted sum over taps as a rank-3 batch matmul (what einsum would run).
+        pooled = tf.matmul(tf.reshape(weight, [-1, 1, taps * taps]), values)  # [B * r * P * P, 1, C]
+        return tf.reshape(pooled, [batch_size, num_boxes, output_size, output_size, channels])
+
+    num_boxes = boxes.shape[1]
+    per_box = output_size * output_size * (2 * sampling_ratio) ** 2 * channels
+    chunks = 1
+    if max_gather_values is not None and num_boxes is not None:
+        chunks = min(num_boxes, -(-num_boxes * per_box // max_gather_values))
+    if chunks <= 1:
+        return tf.cast(pool(boxes), dtype)
+    chunk = -(-num_boxes // chunks)
+    padded = tf.pad(boxes, [[0, 0], [0, chunks * chunk - num_boxes], [0, 0]])
+    chunked = tf.transpose(tf.reshape(padded, [batch_size, chunks, chunk, 4]), [1, 0, 2, 3])
+    pooled = tf.map_fn(pool, chunked, parallel_iterations=1,
+                       fn_output_signature=tf.TensorSpec([None, chunk, output_size, output_size, channels]))
+    pooled = tf.transpose(pooled, [1, 0, 2, 3, 4, 5])  # [B, chunks, chunk, P, P, C]
+    pooled = tf.reshape(pooled, [batch_size, chunks * chunk, output_size, output_size, channels])
+    return tf.cast(pooled[:, :num_boxes], dtype)
 
 
 def roi_align_single_level(
