@@ -222,14 +222,18 @@ def multilevel_roi_align(
         chunks = min(num_boxes, -(-num_boxes * per_box // max_gather_values))
     if chunks <= 1:
         return tf.cast(pool(boxes), dtype)
+    # The chunks run one after the other (each waits for the previous one's result), so only one chunk's
+    # gathered taps are alive at a time. A static loop rather than a tf.while_loop: TFLite's converter
+    # needs static tensor-list shapes, and its int8 calibrator does not survive loops.
     chunk = -(-num_boxes // chunks)
-    padded = tf.pad(boxes, [[0, 0], [0, chunks * chunk - num_boxes], [0, 0]])
-    chunked = tf.transpose(tf.reshape(padded, [batch_size, chunks, chunk, 4]), [1, 0, 2, 3])
-    pooled = tf.map_fn(pool, chunked, parallel_iterations=1,
-                       fn_output_signature=tf.TensorSpec([None, chunk, output_size, output_size, channels]))
-    pooled = tf.transpose(pooled, [1, 0, 2, 3, 4, 5])  # [B, chunks, chunk, P, P, C]
-    pooled = tf.reshape(pooled, [batch_size, chunks * chunk, output_size, output_size, channels])
-    return tf.cast(pooled[:, :num_boxes], dtype)
+    pooled = []
+    for start in range(0, num_boxes, chunk):
+        part = boxes[:, start:start + chunk]
+        if pooled:
+            with tf.control_dependencies([pooled[-1]]):
+                part = tf.identity(part)
+        pooled.append(pool(part))
+    return tf.cast(tf.concat(pooled, axis=1), dtype)
 
 
 def roi_align_single_level(
