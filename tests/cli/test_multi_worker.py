@@ -125,9 +125,10 @@ def _event_file_pids(directory: str) -> set[int]:
 def _worker_weights(tmp_path, name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Both workers' final weights; asserts that all but the batch-norm moving statistics are bit-identical.
 
-    Batch-norm moving statistics (the ``bn`` norm of the shapes preset) are not synchronized: Keras
-    creates them with aggregation NONE, so each worker (each replica) averages its own batches, and the
-    chief's values are the ones in the checkpoint. Training does not read them (batch statistics are used).
+    Batch-norm moving statistics (the ``bn`` norm of the shapes preset) are not synchronized without
+    ``model.sync_bn``: Keras creates them with aggregation NONE, so each worker (each replica) averages
+    its own batches, and the chief's values are the ones in the checkpoint. Training does not read them
+    (batch statistics are used).
     """
     with np.load(tmp_path / f"{name}_worker0.npz") as f0, np.load(tmp_path / f"{name}_worker1.npz") as f1:
         w0, w1 = dict(f0), dict(f1)
@@ -167,13 +168,20 @@ def test_two_workers_train_identically_only_the_chief_writes_and_resume(tmp_path
     moved = [k for k in saved if not k.endswith(BN_STATISTICS) and not np.array_equal(saved[k], before[k])]
     assert len(moved) > 100  # step 3 changed the weights: identical workers is not a trivial outcome
 
-    # Resume on two workers from the chief's run directory (shared, as on an NFS mount).
+    # Resume on two workers from the chief's run directory (shared, as on an NFS mount), now with
+    # synchronized batch norm (model.sync_bn: the same variables, so the checkpoint restores as it is).
     second = _run_workers(tmp_path, "second", [chief_dir, chief_dir], "--model=last", "--steps=5",
-                          "--checkpoint_every=2")
+                          "--checkpoint_every=2", "--config_override=model.sync_bn=true")
     assert _checkpoints(chief_dir) == [2, 3, 4, 5]
     assert _event_file_pids(os.path.join(chief_dir, "train")) == {first[0].pid, second[0].pid}
     assert os.listdir(tmp_path / "tmp1") == []
-    chief, _ = _worker_weights(tmp_path, "second")
+    chief, worker = _worker_weights(tmp_path, "second")
+    # Both workers restored the chief's statistics and then averaged the global batch's (the all-reduced
+    # mean and variance of both workers' images): the moving statistics now agree across the workers too.
+    statistics = [k for k in chief if k.endswith(BN_STATISTICS)]
+    assert len(statistics) > 20
+    for key in statistics:
+        np.testing.assert_array_equal(chief[key], worker[key], err_msg=key)
     saved = _checkpoint_weights(chief_dir, 5)
     for key, value in chief.items():
         np.testing.assert_array_equal(saved[key], value, err_msg=key)
