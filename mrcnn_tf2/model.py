@@ -241,15 +241,16 @@ class MaskRCNN(keras.Model):
         anchors = self._anchors()
 
         # Stage 1: RPN losses on a balanced anchor sample (targets computed here, not in the pipeline).
-        levels = sorted(rpn_logits)
+        # Anchors and head outputs concatenated in the same level order (tests/ops/test_anchors.py pins the
+        # row-for-row correspondence through this function).
         rpn_target = targets.rpn_targets(
-            tf.concat([anchors[lv] for lv in levels], axis=0), gt_boxes, gt_classes,
+            anchors_lib.concat_levels(anchors), gt_boxes, gt_classes,
             fg_iou_threshold=self.rpn_fg_iou_threshold, bg_iou_threshold=self.rpn_bg_iou_threshold,
             num_samples=self.rpn_anchors_per_image, positive_fraction=self.rpn_positive_fraction,
             seed=tf.random.experimental.stateless_fold_in(seed, 1))
         losses = losses_lib.rpn_losses(
-            tf.concat([rpn_logits[lv] for lv in levels], axis=1),
-            tf.concat([rpn_deltas[lv] for lv in levels], axis=1), **rpn_target)
+            anchors_lib.concat_levels(rpn_logits, axis=1),
+            anchors_lib.concat_levels(rpn_deltas, axis=1), **rpn_target)
 
         # Proposals carry no gradient: the second stage treats them as fixed inputs.
         rois, _, roi_valid = self.proposals_train(
