@@ -40,7 +40,7 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-__all__ = ["assign_levels", "multilevel_roi_align", "roi_align_single_level"]
+__all__ = ["assign_levels", "multilevel_roi_align"]
 
 
 def assign_levels(
@@ -234,32 +234,3 @@ def multilevel_roi_align(
                 part = tf.identity(part)
         pooled.append(pool(part))
     return tf.cast(tf.concat(pooled, axis=1), dtype)
-
-
-def roi_align_single_level(
-    features: tf.Tensor,
-    boxes: tf.Tensor,
-    output_size: int,
-    stride: int,
-    sampling_ratio: int = 2,
-    aligned: bool = True,
-) -> tf.Tensor:
-    """ROIAlign of every box on one feature map (same sampling rule as the module).
-
-    Args:
-        features: ``[B, H, W, C]`` feature map with the given stride.
-        boxes: ``[B, R, 4]`` float32, y1x1y2x2 input pixels.
-        output_size: P, bins per side.
-        stride: feature stride in input pixels (a power of two, ``2**level``).
-        sampling_ratio: bilinear samples per bin side.
-        aligned: see :func:`multilevel_roi_align`.
-
-    Returns:
-        ``[B, R, P, P, C]`` pooled features in the features' dtype.
-    """
-    level = int(round(math.log2(stride)))
-    if 2**level != stride:
-        raise ValueError(f"stride must be a power of two, got {stride}")
-    return multilevel_roi_align(
-        {level: features}, boxes, output_size, sampling_ratio,
-        canonical_size=1.0, canonical_level=level, aligned=aligned)

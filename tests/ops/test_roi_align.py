@@ -70,9 +70,9 @@ BOXES = np.array([
 @pytest.mark.parametrize("size,ratio", [(3, 2), (2, 1), (4, 3)])
 def test_single_level_matches_numpy(size, ratio):
     rng = np.random.default_rng(size)
-    features = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)  # stride 4 on a 32 x 32 input
+    features = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)  # level 2 (stride 4) of a 32 x 32 input
     boxes = np.stack([BOXES, BOXES[::-1] * 0.9 + 1.0])
-    got = roi_align.roi_align_single_level(tf.constant(features), tf.constant(boxes), size, 4, ratio).numpy()
+    got = roi_align.multilevel_roi_align({2: tf.constant(features)}, tf.constant(boxes), size, ratio).numpy()
     assert got.shape == (2, 6, size, size, 3)
     for b in range(2):
         for r in range(6):

@@ -36,8 +36,8 @@ def test_single_level_matches_torchvision_roi_align(aligned, output_size):
     stride, height, width = 8, 9, 13  # odd feature sizes exercise the far border
     features = rng.normal(size=(2, height, width, 3)).astype(np.float32)
     boxes = np.stack([_random_boxes(rng, 40, height * stride, width * stride) for _ in range(2)])
-    ours = roi_align.roi_align_single_level(tf.constant(features), tf.constant(boxes), output_size, stride,
-                                            sampling_ratio=2, aligned=aligned).numpy()
+    ours = roi_align.multilevel_roi_align({3: tf.constant(features)}, tf.constant(boxes), output_size,  # 2**3
+                                          sampling_ratio=2, aligned=aligned).numpy()
     rois = [torch.from_numpy(_yxyx_to_xyxy(b)) for b in boxes]
     theirs = tv_roi_align(torch.from_numpy(features).permute(0, 3, 1, 2), rois, output_size,
                           spatial_scale=1.0 / stride, sampling_ratio=2, aligned=aligned)
