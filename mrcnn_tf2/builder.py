@@ -43,7 +43,8 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
             layer.momentum = m.bn_momentum
     fpn_norm = m.fpn_norm or ("gn" if m.norm == "gn" else "none")
     fpn = FPN(min_level=m.min_level, max_level=m.max_level, num_channels=m.fpn_channels,
-              norm=None if fpn_norm == "none" else fpn_norm, gn_groups=m.gn_groups, sync_bn=m.sync_bn, name="fpn")
+              norm=None if fpn_norm == "none" else fpn_norm, gn_groups=m.gn_groups, sync_bn=m.sync_bn,
+              norm_momentum=m.bn_momentum, name="fpn")
     rpn_head = RPNHead(num_anchors=len(m.aspect_ratios), num_channels=m.fpn_channels,
                        num_convs=m.rpn.head_convs, name="rpn_head")
     proposals_train = ProposalGenerator(m.rpn.pre_nms_topk_train, m.rpn.post_nms_topk_train,

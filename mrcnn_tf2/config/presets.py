@@ -107,6 +107,7 @@ def _torchvision(v2: bool) -> Config:
             backbone_conv_bias=False,
             backbone_norm_epsilon=1e-5 if v2 else 0.0,
             fpn_norm="bn" if v2 else "none",  # torchvision v2: BatchNorm2d (eval: moving statistics, eps 1e-5)
+            bn_momentum=0.9,  # torch's BatchNorm2d momentum 0.1 in Keras' convention (v2's FPN and heads)
             anchor_offset=0.0,
             anchor_rounding=True,
         ),

@@ -43,6 +43,7 @@ class FPN(keras.layers.Layer):
             frozen statistics; torchvision's v2 FPN is ``norm_layer=BatchNorm2d``, eps 1e-5).
         gn_groups: groups of each GroupNormalization.
         sync_bn: ``norm="bn"`` computes batch statistics over all replicas (``synchronized=True``).
+        norm_momentum: moving-average momentum of ``norm="bn"`` (Keras' convention: torch's 0.1 is 0.9).
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype, trainable).
     """
 
@@ -56,6 +57,7 @@ class FPN(keras.layers.Layer):
         norm: str | None = None,
         gn_groups: int = 32,
         sync_bn: bool = False,
+        norm_momentum: float = 0.99,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -75,6 +77,7 @@ class FPN(keras.layers.Layer):
         self.norm = norm
         self.gn_groups = gn_groups
         self.sync_bn = sync_bn
+        self.norm_momentum = norm_momentum
         # Levels computed from backbone features (the rest are pooled): min_level..top_level.
         self._top_level = min(max_level, backbone_max_level)
         # One attribute per sublayer (lateral_p2_conv, lateral_p2_gn, output_p2_conv, ...): Keras 3 keeps
@@ -86,6 +89,8 @@ class FPN(keras.layers.Layer):
                     num_channels, kernel, padding="same", use_bias=norm is None, name=f"{prefix}_conv"))
                 if norm is not None:
                     layer = norm_layer(norm, prefix, channels=num_channels, gn_groups=gn_groups, synchronized=sync_bn)
+                    if norm == "bn":
+                        layer.momentum = norm_momentum
                     setattr(self, layer.name, layer)
         # Nearest-neighbour upsampling; a layer, so it also works for unknown H and W.
         self._upsample = keras.layers.UpSampling2D(2, interpolation="nearest", name="upsample")
@@ -160,5 +165,6 @@ class FPN(keras.layers.Layer):
             norm=self.norm,
             gn_groups=self.gn_groups,
             sync_bn=self.sync_bn,
+            norm_momentum=self.norm_momentum,
         )
         return config

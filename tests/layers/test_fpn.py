@@ -163,3 +163,15 @@ def test_invalid_arguments():
         FPN(norm="layer")
     with pytest.raises(ValueError, match="expects 4 backbone features"):
         FPN(num_channels=8)(_features()[:3])
+
+
+def test_builder_gives_the_fpn_batch_norms_the_model_momentum():
+    """model.bn_momentum reaches the FPN's batch norms (as it reaches the heads'), through get_config too."""
+    from mrcnn_tf2 import build_model, config
+
+    cfg = config.preset("shapes", overrides={"model.fpn_norm": "bn", "model.bn_momentum": 0.8})
+    fpn = build_model(cfg).fpn
+    norms = [layer for layer in fpn._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) >= 6 and all(layer.momentum == 0.8 for layer in norms), [n.momentum for n in norms]
+    assert fpn.get_config()["norm_momentum"] == 0.8
+    assert config.preset("torchvision_r50_fpn_v2").model.bn_momentum == 0.9  # torch's momentum 0.1
