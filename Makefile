@@ -18,9 +18,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one test file per process at a time (module
+# fixtures are built once), the slowest files first (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -ra --durations=15 tests
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The whole loop on the built-in shapes dataset, on a CPU: train (the `shapes` preset from scratch),
 # evaluate (COCO AP), export a SavedModel, predict on 4 validation images.

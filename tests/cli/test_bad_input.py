@@ -17,7 +17,7 @@ def _main(tmp_path, *flags: str, env: dict | None = None) -> subprocess.Complete
     environ.update(TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), f"--model_dir={tmp_path / 'run'}",
                            f"--data_dir={tmp_path / 'shapes'}", *flags],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=environ)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environ)
 
 
 def _check_one_paragraph(result: subprocess.CompletedProcess, *expected: str) -> None:

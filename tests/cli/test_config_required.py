@@ -29,7 +29,7 @@ def test_dataset_flags_without_config_exit_2_listing_the_presets(tmp_path, datas
     result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--mode=train",
                              f"--model_dir={tmp_path / 'run'}", f"--train_annotations={annotations}",
                              f"--train_images={images}"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=environ)
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environ)
     assert result.returncode == 2, result.stdout + result.stderr
     text = " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr + result.stdout

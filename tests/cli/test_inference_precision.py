@@ -137,7 +137,7 @@ def test_bad_precision_exits_2_with_one_paragraph(tmp_path, flags, expected):
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), f"--model_dir={tmp_path / 'run'}",
                              f"--data_dir={tmp_path / 'shapes'}", *flags],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=environ)
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environ)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert expected in " ".join(result.stderr.split()), result.stderr

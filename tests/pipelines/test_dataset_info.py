@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _no_tensorflow(code: str) -> str:
     env = {**os.environ, "PYTHONPATH": ROOT}
     out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('TF', 'tensorflow' in sys.modules)"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("TF False"), out.stdout + out.stderr
     return out.stdout
