@@ -45,12 +45,15 @@ def main() -> None:
     parser.add_argument("--score-thresh", type=float, default=0.0)
     parser.add_argument("--pre-nms-topk", type=int, default=None,
                         help="model.detection.pre_nms_topk; raise it to get D detections from random weights")
+    parser.add_argument("--winograd", choices=["on", "off"], default="on",
+                        help="eval.winograd: Winograd 3x3 convolutions on large maps (CPU, float32)")
     parser.add_argument("--jit", action="store_true", help="XLA-compile the whole inference function")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     height, width = harness.parse_hw(args.image or str(args.size))
 
-    overrides = {"model.image_size": args.size, "model.detection.score_threshold": args.score_thresh}
+    overrides = {"model.image_size": args.size, "model.detection.score_threshold": args.score_thresh,
+                 "eval.winograd": args.winograd == "on"}
     if args.pre_nms_topk:
         overrides["model.detection.pre_nms_topk"] = args.pre_nms_topk
     cfg = config.preset(args.config, overrides=overrides)
@@ -73,7 +76,8 @@ def main() -> None:
 
     result = {"impl": "mrcnn-tf2", "config": args.config, "image_hw": [height, width],
               "input_hw": images.shape[1:3].as_list(), "batch": 1, "precision": args.precision,
-              "jit_compile": args.jit, "tf": tf.__version__, "package": os.path.dirname(mrcnn_tf2.__file__),
+              "winograd": args.winograd, "jit_compile": args.jit, "tf": tf.__version__,
+              "package": os.path.dirname(mrcnn_tf2.__file__),
               **harness.env_info()}
     result.update(harness.time_runs(run, args.warmup, args.runs))
     out = infer(images, infos)

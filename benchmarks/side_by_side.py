@@ -10,6 +10,7 @@ torchvision 0.29.1). Cases (``--cases``, comma separated):
 
     python benchmarks/side_by_side.py --cases v1,v2,coco1024 --rounds 2 --out sbs.json
     python benchmarks/side_by_side.py --cases v1,v2 --precision bfloat16
+    python benchmarks/side_by_side.py --cases v1,v2 --winograd both    # ours without and with Winograd
 
 The ratio is our median over torchvision's median excluding mask pasting (``median_excl_paste_s``).
 """
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--torch-python", default=os.path.expanduser("~/venv-torch/bin/python"))
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--winograd", choices=["on", "off", "both"], default="on",
+                        help="our eval.winograd; both: each round times ours without, ours with, then torchvision")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     common = ["--warmup", str(args.warmup), "--runs", str(args.runs)]
@@ -57,12 +60,14 @@ def main() -> None:
     for case in args.cases.split(","):
         ours, theirs = CASES[case]
         for round_ in range(1, args.rounds + 1):
-            a = _run([sys.executable, os.path.join(_HERE, "inference.py"), *ours, *common,
-                      "--precision", args.precision])
+            ours_runs = [_run([sys.executable, os.path.join(_HERE, "inference.py"), *ours, *common,
+                               "--precision", args.precision, "--winograd", winograd])
+                         for winograd in (("off", "on") if args.winograd == "both" else (args.winograd,))]
             b = _run([args.torch_python, os.path.join(_HERE, "torchvision_peer.py"), *theirs, *common,
                       *(["--bfloat16"] if torch_precision == "bfloat16" else [])])
-            results.append({"case": case, "round": round_, "ours": a, "torchvision": b})
-            print(_row(results[-1]), flush=True)
+            for a in ours_runs:
+                results.append({"case": case, "round": round_, "ours": a, "torchvision": b})
+                print(_row(results[-1]), flush=True)
     print("\n| case | round | ours median s | tv median s (excl. paste) | ratio | ours RSS MiB | tv RSS MiB | "
           "RSS ratio |\n|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -78,7 +83,8 @@ def _row(r: dict) -> str:
         return f"| {r['case']} | {r['round']} | error: {(a.get('error') or b.get('error'))[-300:]!r} |"
     ratio = a["median_s"] / b["median_excl_paste_s"]
     rss = a["peak_rss_mib"] / b["peak_rss_mib"]
-    return (f"| {r['case']} ({a['precision']}/{b['precision']}, {a['input_hw']}/{b['input_hw']}) | {r['round']} | "
+    label = f"{a['precision']}{', winograd ' + a['winograd'] if 'winograd' in a else ''}/{b['precision']}"
+    return (f"| {r['case']} ({label}, {a['input_hw']}/{b['input_hw']}) | {r['round']} | "
             f"{a['median_s']:.3f} | {b['median_excl_paste_s']:.3f} | {ratio:.2f} | {a['peak_rss_mib']:.0f} | "
             f"{b['peak_rss_mib']:.0f} | {rss:.2f} |")
 

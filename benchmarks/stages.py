@@ -63,7 +63,7 @@ def tf_stages(variant: str, warmup: int, runs: int) -> dict:
         "full": lambda: model(images, infos),
         "backbone": lambda: model.backbone(images, training=False),
         "backbone+fpn": lambda: model._features(images, training=False),
-        "backbone+fpn+rpn_head": lambda: model.rpn_head(model._features(images, training=False)),
+        "backbone+fpn+rpn_head": lambda: model.rpn_head(model._features(images, training=False), training=False),
         "box_head_1000_rois": lambda: model.box_head(box_rois),
         "mask_head_100_rois": lambda: model.mask_head(mask_rois, mask_classes),
     }

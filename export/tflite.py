@@ -378,6 +378,8 @@ def export_tflite_from_checkpoint(cfg: config_lib.Config, checkpoint: str, model
 
     prefix = _resolve_checkpoint(checkpoint, model_dir)
     files = calibration_images(cfg, calibration) if quantize == "int8" else []
+    # Direct convolutions: LiteRT has its own (XNNPACK), and int8 quantizes convolutions, not Winograd's matmuls.
+    cfg = config_lib.apply_overrides(cfg, {"eval.winograd": False})
     model = build_model(cfg)
     restore_model_strictly(model, prefix, cfg.name)
     return export_tflite(model, cfg, export_dir, quantize, files)

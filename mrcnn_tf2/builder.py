@@ -15,6 +15,7 @@ from mrcnn_tf2.layers.proposals import ProposalGenerator
 from mrcnn_tf2.layers.roi_sampler import ROISampler
 from mrcnn_tf2.layers.rpn_head import RPNHead
 from mrcnn_tf2.model import MaskRCNN, default_image_info
+from mrcnn_tf2.ops import winograd
 
 
 def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
@@ -34,19 +35,20 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
     size = m.image_size
     short_side = m.resize_mode == "short_side"
     # Clip windows come from image_info; this only bounds them: the largest padded input side.
+    winograd_pixels = winograd_min_pixels(cfg)
     clip_bound = max(size, -(-m.max_size // m.size_divisibility) * m.size_divisibility) if short_side else size
     backbone = build_backbone(m.backbone, norm=m.norm, train_layers=m.train_layers,
                               image_size=None if short_side else size, gn_groups=m.gn_groups,
-                              sync_bn=m.sync_bn, **_resnet_options(m))
+                              sync_bn=m.sync_bn, winograd_min_pixels=winograd_pixels, **_resnet_options(m))
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = m.bn_momentum
     fpn_norm = m.fpn_norm or ("gn" if m.norm == "gn" else "none")
     fpn = FPN(min_level=m.min_level, max_level=m.max_level, num_channels=m.fpn_channels,
               norm=None if fpn_norm == "none" else fpn_norm, gn_groups=m.gn_groups, sync_bn=m.sync_bn,
-              norm_momentum=m.bn_momentum, name="fpn")
+              norm_momentum=m.bn_momentum, winograd_min_pixels=winograd_pixels, name="fpn")
     rpn_head = RPNHead(num_anchors=len(m.aspect_ratios), num_channels=m.fpn_channels,
-                       num_convs=m.rpn.head_convs, name="rpn_head")
+                       num_convs=m.rpn.head_convs, winograd_min_pixels=winograd_pixels, name="rpn_head")
     proposals_train = ProposalGenerator(m.rpn.pre_nms_topk_train, m.rpn.post_nms_topk_train,
                                         m.rpn.nms_iou_threshold, m.rpn.min_box_size, size,
                                         sigmoid_scores=m.rpn.sigmoid_scores, name="proposals_train")
@@ -80,6 +82,15 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
     if build:
         build_variables(model)
     return model
+
+
+def winograd_min_pixels(cfg: config_lib.Config) -> int:
+    """``layers.conv.Conv2D``'s ``winograd_min_pixels`` for this machine: 0 (never) unless
+    ``eval.winograd`` is on and TensorFlow sees no GPU or TPU (their convolution libraries choose their
+    own algorithms); the layers then use it only at inference, in float32, with 256+ input channels."""
+    if not cfg.eval.winograd or tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return 0
+    return winograd.WINOGRAD_MIN_PIXELS
 
 
 def _resnet_options(m: config_lib.ModelConfig) -> dict:

@@ -194,7 +194,7 @@ class MaskRCNN(keras.Model):
             image_info = tf.tile(info[None], [shape[0], 1, 1])
         image_info = self._clip_window(images, image_info)
         features = self._features(images, training=False)
-        rpn_logits, rpn_deltas = self.rpn_head(features)
+        rpn_logits, rpn_deltas = self.rpn_head(features, training=False)
         anchors = self._grid_anchors(images, features)
         rois, _, roi_valid = self.proposals_test(rpn_logits, rpn_deltas, anchors, image_info)
         class_logits, box_deltas = self.box_head(
@@ -237,7 +237,7 @@ class MaskRCNN(keras.Model):
         gt_classes = tf.cast(data["gt_classes"], tf.int32)
         gt_masks = tf.cast(data["gt_masks"], tf.float32)
         features = self._features(images, training=training)
-        rpn_logits, rpn_deltas = self.rpn_head(features)
+        rpn_logits, rpn_deltas = self.rpn_head(features, training=training)
         anchors = self._anchors()
 
         # Stage 1: RPN losses on a balanced anchor sample (targets computed here, not in the pipeline).

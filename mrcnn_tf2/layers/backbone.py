@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from mrcnn_tf2.config.choices import BACKBONES, NORMS, TRAIN_LAYERS
+from mrcnn_tf2.layers.conv import Conv2D
 from mrcnn_tf2.layers.norm import FoldingConv2D, FrozenBatchNormalization, norm_layer
 
 __all__ = [
@@ -80,6 +81,7 @@ def build_backbone(
     conv_bias: bool = True,
     bn_epsilon: float = 1.001e-5,
     sync_bn: bool = False,
+    winograd_min_pixels: int = 0,
 ) -> keras.Model:
     """Builds a backbone with randomly initialized weights (see :func:`load_backbone_weights`).
 
@@ -100,6 +102,8 @@ def build_backbone(
             1e-5; its v1 COCO checkpoint uses 0). Group norm always uses 1e-5.
         sync_bn: ``norm="bn"``: batch statistics over all replicas of a ``tf.distribute`` strategy
             (``BatchNormalization(synchronized=True)``); frozen batch norm has none to synchronize.
+        winograd_min_pixels: ResNet only: the 3x3 convolutions of at least 256 channels on maps of at
+            least this many pixels run by Winograd at inference (``layers.conv.Conv2D``); 0: never.
 
     Returns:
         A functional ``keras.Model`` taking ``images [B, H, W, 3] float32`` (normalized as described in
@@ -121,7 +125,7 @@ def build_backbone(
         model = _build_mobilenetv3(norm, train_layers, image_size)
     else:
         model = _build_resnet(name, norm, train_layers, image_size, gn_groups,
-                              _ResNetLayout(stride_in_1x1, conv_bias, bn_epsilon))
+                              _ResNetLayout(stride_in_1x1, conv_bias, bn_epsilon, winograd_min_pixels))
     for layer in model.layers:  # ResNet's norm_layer and keras.applications' MobileNetV3 alike
         if isinstance(layer, keras.layers.BatchNormalization) and not isinstance(layer, FrozenBatchNormalization):
             layer.synchronized = sync_bn
@@ -139,6 +143,7 @@ class _ResNetLayout(typing.NamedTuple):
     stride_in_1x1: bool = True
     conv_bias: bool = True
     bn_epsilon: float = 1.001e-5
+    winograd_min_pixels: int = 0
 
 
 _KERAS_LAYOUT = _ResNetLayout()
@@ -148,9 +153,10 @@ def _conv_norm(x: keras.KerasTensor, filters: int, kernel: int, stride: int, pre
                gn_groups: int, padding: str = "valid", zero_gamma: bool = False,
                layout: _ResNetLayout = _KERAS_LAYOUT) -> keras.KerasTensor:
     """Conv2D ``{prefix}_conv`` then the norm layer ``{prefix}_bn`` / ``{prefix}_gn``."""
-    conv_cls = FoldingConv2D if norm == "frozen_bn" else keras.layers.Conv2D
+    conv_cls = FoldingConv2D if norm == "frozen_bn" else Conv2D
     conv = conv_cls(filters, kernel, strides=stride, padding=padding, kernel_initializer="he_normal",
-                    use_bias=layout.conv_bias, name=f"{prefix}_conv")
+                    use_bias=layout.conv_bias, winograd_min_pixels=layout.winograd_min_pixels,
+                    name=f"{prefix}_conv")
     epsilon = 1e-5 if norm == "gn" else layout.bn_epsilon
     normalize = norm_layer(norm, prefix, channels=filters, gn_groups=gn_groups, epsilon=epsilon,
                            gamma_initializer="zeros" if zero_gamma else "ones")

@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 
 from mrcnn_tf2.config.choices import HEAD_NORMS
+from mrcnn_tf2.layers.conv import Conv2D
+from mrcnn_tf2.layers.norm import conv_norm
 
 
 def head_norm_layer(norm: str, index: int, momentum: float = 0.99, gn_groups: int = 32,
@@ -69,7 +71,7 @@ class BoxHead(keras.layers.Layer):
         self.sync_bn = sync_bn
         # One attribute per sublayer: tf.train.Checkpoint does not see layers held in a list.
         for i in range(num_convs):
-            setattr(self, f"conv_{i}", keras.layers.Conv2D(
+            setattr(self, f"conv_{i}", Conv2D(
                 conv_dim, 3, padding="same", use_bias=norm == "none",
                 kernel_initializer=keras.initializers.HeNormal(), name=f"conv_{i}"))
             if norm != "none":
@@ -116,10 +118,7 @@ class BoxHead(keras.layers.Layer):
         if self.num_convs:
             x = tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))  # [B*R, P, P, C]
             for conv, norm in self._convs():
-                x = conv(x)
-                if norm is not None:
-                    x = norm(x, training=training)
-                x = tf.nn.relu(x)
+                x = tf.nn.relu(conv_norm(conv, norm, x, training))  # batch norm folded at inference
         x = tf.reshape(x, [shape[0], shape[1], -1])  # [B, R, P*P*C'] in HWC order
         for fc in self._fcs():
             x = fc(x)

@@ -20,7 +20,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mrcnn_tf2.layers.norm import norm_layer
+from mrcnn_tf2.layers.conv import Conv2D
+from mrcnn_tf2.layers.norm import FoldingConv2D, conv_norm, norm_layer
 
 __all__ = ["FPN"]
 
@@ -44,6 +45,8 @@ class FPN(keras.layers.Layer):
         gn_groups: groups of each GroupNormalization.
         sync_bn: ``norm="bn"`` computes batch statistics over all replicas (``synchronized=True``).
         norm_momentum: moving-average momentum of ``norm="bn"`` (Keras' convention: torch's 0.1 is 0.9).
+        winograd_min_pixels: the 3x3 output convolutions on levels of at least this many pixels run by
+            Winograd at inference (``layers.conv.Conv2D``; 256+ channels); 0: never.
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype, trainable).
     """
 
@@ -58,6 +61,7 @@ class FPN(keras.layers.Layer):
         gn_groups: int = 32,
         sync_bn: bool = False,
         norm_momentum: float = 0.99,
+        winograd_min_pixels: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,6 +82,7 @@ class FPN(keras.layers.Layer):
         self.gn_groups = gn_groups
         self.sync_bn = sync_bn
         self.norm_momentum = norm_momentum
+        self.winograd_min_pixels = winograd_min_pixels
         # Levels computed from backbone features (the rest are pooled): min_level..top_level.
         self._top_level = min(max_level, backbone_max_level)
         # One attribute per sublayer (lateral_p2_conv, lateral_p2_gn, output_p2_conv, ...): Keras 3 keeps
@@ -85,12 +90,16 @@ class FPN(keras.layers.Layer):
         for level in range(min_level, self._top_level + 1):
             for kind, kernel in (("lateral", 1), ("output", 3)):
                 prefix = f"{kind}_p{level}"
-                setattr(self, f"{prefix}_conv", keras.layers.Conv2D(
-                    num_channels, kernel, padding="same", use_bias=norm is None, name=f"{prefix}_conv"))
+                conv_cls = FoldingConv2D if norm == "frozen_bn" else Conv2D
+                conv = conv_cls(num_channels, kernel, padding="same", use_bias=norm is None,
+                                winograd_min_pixels=winograd_min_pixels, name=f"{prefix}_conv")
+                setattr(self, f"{prefix}_conv", conv)
                 if norm is not None:
                     layer = norm_layer(norm, prefix, channels=num_channels, gn_groups=gn_groups, synchronized=sync_bn)
                     if norm == "bn":
                         layer.momentum = norm_momentum
+                    if norm == "frozen_bn":
+                        conv.fold(layer)  # one convolution instead of conv + elementwise batch norm
                     setattr(self, layer.name, layer)
         # Nearest-neighbour upsampling; a layer, so it also works for unknown H and W.
         self._upsample = keras.layers.UpSampling2D(2, interpolation="nearest", name="upsample")
@@ -105,10 +114,9 @@ class FPN(keras.layers.Layer):
         return layers
 
     @staticmethod
-    def _apply(layers: list[keras.layers.Layer], x: tf.Tensor) -> tf.Tensor:
-        for layer in layers:
-            x = layer(x)
-        return x
+    def _apply(layers: list[keras.layers.Layer], x: tf.Tensor, training: bool | None) -> tf.Tensor:
+        # At inference (training=False) a batch norm is folded into the convolution (norm.conv_norm).
+        return conv_norm(layers[0], layers[1] if len(layers) > 1 else None, x, training)
 
     def _check_num_features(self, num_features: int) -> None:
         expected = self.backbone_max_level - self.backbone_min_level + 1
@@ -143,11 +151,12 @@ class FPN(keras.layers.Layer):
         # Top-down: coarsest lateral first, then lateral(Ci) + upsample(top-down of level i+1).
         top_down: dict[int, tf.Tensor] = {}
         for level in range(self._top_level, self.min_level - 1, -1):
-            lateral = self._apply(self._conv_norm("lateral", level), features[level - self.backbone_min_level])
+            lateral = self._apply(self._conv_norm("lateral", level), features[level - self.backbone_min_level],
+                                  training)
             if level < self._top_level:
                 lateral = lateral + self._upsample(top_down[level + 1])
             top_down[level] = lateral
-        outputs = {level: self._apply(self._conv_norm("output", level), top_down[level])
+        outputs = {level: self._apply(self._conv_norm("output", level), top_down[level], training)
                    for level in range(self.min_level, self._top_level + 1)}
         # Extra coarse levels (P6, ...): stride-2 subsampling of the level below.
         for level in range(self._top_level + 1, self.max_level + 1):
@@ -166,5 +175,6 @@ class FPN(keras.layers.Layer):
             gn_groups=self.gn_groups,
             sync_bn=self.sync_bn,
             norm_momentum=self.norm_momentum,
+            winograd_min_pixels=self.winograd_min_pixels,
         )
         return config

@@ -16,6 +16,8 @@ import keras
 import tensorflow as tf
 
 from mrcnn_tf2.layers.box_head import HEAD_NORMS, head_norm_layer
+from mrcnn_tf2.layers.conv import Conv2D
+from mrcnn_tf2.layers.norm import conv_norm
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_tf2")
@@ -45,7 +47,7 @@ class MaskHead(keras.layers.Layer):
         init = keras.initializers.HeNormal()
         # One attribute per sublayer: tf.train.Checkpoint does not see layers held in a list.
         for i in range(num_convs):
-            setattr(self, f"conv_{i}", keras.layers.Conv2D(
+            setattr(self, f"conv_{i}", Conv2D(
                 num_channels, 3, padding="same", activation="relu" if norm == "none" else None,
                 use_bias=norm == "none", kernel_initializer=init, name=f"conv_{i}"))
             if norm != "none":
@@ -82,9 +84,9 @@ class MaskHead(keras.layers.Layer):
         shape = tf.shape(roi_features)
         x = tf.reshape(roi_features, tf.concat([[-1], shape[2:]], axis=0))  # [B*R, P, P, C]
         for conv, norm in self._convs():
-            x = conv(x)
+            x = conv_norm(conv, norm, x, training)  # batch norm folded at inference
             if norm is not None:
-                x = tf.nn.relu(norm(x, training=training))
+                x = tf.nn.relu(x)
         x = self.upsample(x)
         logits = tf.cast(self.mask_logits(x), tf.float32)  # [B*R, M, M, K]
         size = tf.shape(logits)[1]

@@ -19,8 +19,9 @@ import keras
 import tensorflow as tf
 
 from mrcnn_tf2.config.choices import NORMS
+from mrcnn_tf2.layers.conv import Conv2D
 
-__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "norm_layer"]
+__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "batch_norm_scale_offset", "conv_norm", "norm_layer"]
 
 
 
@@ -57,13 +58,7 @@ class FrozenBatchNormalization(keras.layers.BatchNormalization):
 
     def folded_scale_offset(self) -> tuple[Any, Any]:
         """(scale, offset) with ``bn(x) == x * scale + offset``, both ``[C]``."""
-        scale = tf.math.rsqrt(self.moving_variance + self.epsilon)
-        if self.gamma is not None:
-            scale = scale * self.gamma
-        offset = -self.moving_mean * scale
-        if self.beta is not None:
-            offset = offset + self.beta
-        return scale, offset
+        return batch_norm_scale_offset(self)
 
     def call(self, inputs, training=None, mask=None):
         # Folded into the preceding convolution (see FoldingConv2D): nothing left to do here.
@@ -73,7 +68,7 @@ class FrozenBatchNormalization(keras.layers.BatchNormalization):
 
 
 @keras.saving.register_keras_serializable(package="mrcnn_tf2")
-class FoldingConv2D(keras.layers.Conv2D):
+class FoldingConv2D(Conv2D):
     """A Conv2D that absorbs the FrozenBatchNormalization right after it (inference-style BN folding).
 
     ``fold(bn)`` makes this convolution compute ``bn(conv(x))`` in one convolution with the kernel and
@@ -81,7 +76,8 @@ class FoldingConv2D(keras.layers.Conv2D):
     and turns ``bn`` into the identity. That removes one full elementwise pass per convolution: about
     10% of a ResNet's CPU time. Both layers keep their own variables and names, so weights load and
     checkpoint exactly as without folding. The link is not serialized: a model rebuilt from its config
-    computes the same values the unfolded way.
+    computes the same values the unfolded way. Winograd inference (``winograd_min_pixels``) as in
+    :class:`mrcnn_tf2.layers.conv.Conv2D`.
     """
 
     def fold(self, bn: FrozenBatchNormalization) -> None:
@@ -89,20 +85,55 @@ class FoldingConv2D(keras.layers.Conv2D):
         object.__setattr__(self, "_folded_bn", bn)
         object.__setattr__(bn, "_folded", True)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         bn = self.__dict__.get("_folded_bn")
         if bn is None:
-            return super().call(inputs)
+            return super().call(inputs, training=training)
         scale, offset = bn.folded_scale_offset()
         scale = tf.cast(scale, self.kernel.dtype)
-        outputs = self.convolution_op(inputs, self.kernel * scale)  # scale the output channels
+        outputs = self.convolve(inputs, self.kernel * scale, training)  # scale the output channels
         bias = tf.cast(offset, self.kernel.dtype)
         if self.use_bias:
             bias = bias + self.bias * scale
-        outputs = tf.nn.bias_add(outputs, tf.cast(bias, outputs.dtype))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self.finish(outputs, bias)
+
+
+def batch_norm_scale_offset(bn: keras.layers.BatchNormalization) -> tuple[Any, Any]:
+    """(scale, offset), both ``[C]`` float32, with ``bn(x, training=False) == x * scale + offset``."""
+    scale = tf.math.rsqrt(tf.cast(bn.moving_variance, tf.float32) + bn.epsilon)
+    if bn.gamma is not None:
+        scale = scale * tf.cast(bn.gamma, tf.float32)
+    offset = -tf.cast(bn.moving_mean, tf.float32) * scale
+    if bn.beta is not None:
+        offset = offset + tf.cast(bn.beta, tf.float32)
+    return scale, offset
+
+
+def conv_norm(conv: Conv2D, norm: keras.layers.Layer | None, x: tf.Tensor, training: bool | None) -> tf.Tensor:
+    """``norm(conv(x))`` (``norm`` None: ``conv(x)``); at inference a batch norm is folded into the convolution.
+
+    With ``training`` False (said, not None) and ``norm`` a ``keras.layers.BatchNormalization`` (moving
+    statistics at inference), this computes one convolution with the kernel and bias rescaled, instead of
+    a convolution and then the batch norm's elementwise passes over the whole output: the same function
+    up to float rounding. ``conv`` must have no activation (the norm comes before it).
+
+    Args:
+        conv: a :class:`mrcnn_tf2.layers.conv.Conv2D` without activation.
+        norm: the norm layer after it, or None.
+        x: ``[B, H, W, C]``.
+        training: passed to both layers (True: batch statistics for a trainable batch norm).
+    """
+    if norm is None or norm.__dict__.get("_folded", False):  # a FrozenBatchNormalization folded for good
+        return conv(x, training=training) if norm is None else norm(conv(x, training=training))
+    if training is None or training or not isinstance(norm, keras.layers.BatchNormalization):
+        return norm(conv(x, training=training), training=training)
+    if conv.activation not in (None, keras.activations.linear):
+        raise ValueError(f"{conv.name}: a convolution followed by a norm must have no activation")
+    scale, offset = batch_norm_scale_offset(norm)
+    kernel = conv.kernel * tf.cast(scale, conv.kernel.dtype)
+    if conv.use_bias:
+        offset = offset + tf.cast(conv.bias, tf.float32) * scale
+    return conv.finish(conv.convolve(x, kernel, training), offset)
 
 
 def norm_layer(

@@ -223,9 +223,10 @@ def our_stages(variant: str, height: int, width: int, seed: int) -> OurStages:
     image, info = preprocess_image(tf.constant(make_image(height, width, seed)), cfg.model.image_size,
                                    cfg.model.pixel_normalization, side_resize(cfg.model))
     images, info = image[None], info[None]
-    body = model.backbone(images)
-    features = model.fpn(body)
-    logits, deltas = model.rpn_head(features)
+    # training=False as in MaskRCNN.call: P2 (64 x 88 here) runs by Winograd on CPUs (eval.winograd).
+    body = model.backbone(images, training=False)
+    features = model.fpn(body, training=False)
+    logits, deltas = model.rpn_head(features, training=False)
     anchors = model._grid_anchors(images, features)
     window = model._clip_window(images, info)
     rois, scores, valid = model.proposals_test(logits, deltas, anchors, window)
