@@ -59,7 +59,8 @@ def build_model(cfg: config_lib.Config, build: bool = True) -> MaskRCNN:
                              m.roi.bg_iou_threshold, m.roi.box_weights, name="roi_sampler")
     box_head = BoxHead(m.num_classes, fc_dim=m.roi.box_head_dim, num_fcs=m.roi.box_head_fcs,
                        num_convs=m.roi.box_head_convs, conv_dim=m.fpn_channels, norm=m.roi.head_norm,
-                       norm_momentum=m.bn_momentum, sync_bn=m.sync_bn, name="box_head")
+                       norm_momentum=m.bn_momentum, sync_bn=m.sync_bn, winograd=winograd_pixels > 0,
+                       name="box_head")
     mask_head = MaskHead(m.num_classes, num_convs=m.roi.mask_head_convs, num_channels=m.roi.mask_head_channels,
                          norm=m.roi.head_norm, norm_momentum=m.bn_momentum, sync_bn=m.sync_bn,
                          name="mask_head")

@@ -21,7 +21,8 @@ import tensorflow as tf
 from mrcnn_tf2.config.choices import NORMS
 from mrcnn_tf2.layers.conv import Conv2D
 
-__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "batch_norm_scale_offset", "conv_norm", "norm_layer"]
+__all__ = ["NORMS", "FrozenBatchNormalization", "FoldingConv2D", "batch_norm_scale_offset", "conv_norm",
+           "inference_kernel_bias", "norm_layer"]
 
 
 
@@ -127,13 +128,31 @@ def conv_norm(conv: Conv2D, norm: keras.layers.Layer | None, x: tf.Tensor, train
         return conv(x, training=training) if norm is None else norm(conv(x, training=training))
     if training is None or training or not isinstance(norm, keras.layers.BatchNormalization):
         return norm(conv(x, training=training), training=training)
+    kernel, bias = inference_kernel_bias(conv, norm)
+    return conv.finish(conv.convolve(x, kernel, training), bias)
+
+
+def inference_kernel_bias(conv: Conv2D, norm: keras.layers.Layer | None) -> tuple[Any, Any]:
+    """(kernel, bias or None) of one convolution computing ``norm(conv(x))`` with moving statistics.
+
+    ``norm`` is None or a ``keras.layers.BatchNormalization`` (frozen or not); the kernel is
+    ``[kh, kw, C, K]`` rescaled per output channel, the bias ``[K]`` float32. ``conv`` must have no
+    activation (the norm comes before it).
+
+    Raises:
+        ValueError: ``conv`` has an activation, or ``norm`` is another kind of layer.
+    """
     if conv.activation not in (None, keras.activations.linear):
         raise ValueError(f"{conv.name}: a convolution followed by a norm must have no activation")
+    if norm is None:
+        return conv.kernel, conv.bias if conv.use_bias else None
+    if not isinstance(norm, keras.layers.BatchNormalization):
+        raise ValueError(f"{norm.name}: only a batch norm folds into a convolution, not {type(norm).__name__}")
     scale, offset = batch_norm_scale_offset(norm)
     kernel = conv.kernel * tf.cast(scale, conv.kernel.dtype)
     if conv.use_bias:
         offset = offset + tf.cast(conv.bias, tf.float32) * scale
-    return conv.finish(conv.convolve(x, kernel, training), offset)
+    return kernel, offset
 
 
 def norm_layer(

@@ -151,3 +151,26 @@ def test_the_builder_turns_it_on_for_cpu_inference_unless_configured_off():
     assert winograd_min_pixels(config.preset("torchvision_r50_fpn")) == WINOGRAD_MIN_PIXELS
     off = config.preset("torchvision_r50_fpn", overrides={"eval.winograd": False})
     assert winograd_min_pixels(off) == 0
+
+
+def test_box_head_runs_its_conv_tower_by_winograd_at_inference_only():
+    from mrcnn_tf2.layers.box_head import BoxHead
+
+    kwargs = dict(num_classes=5, fc_dim=32, num_fcs=1, num_convs=2, conv_dim=CHANNELS, norm="bn")
+    fast, plain = BoxHead(winograd=True, **kwargs), BoxHead(**kwargs)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 3, 7, 7, CHANNELS)).astype(np.float32)
+    fast(x), plain(x)
+    for v in fast.weights:
+        v.assign(rng.uniform(0.2, 1.2, size=tuple(v.shape)).astype(np.float32) * (0.05 if "kernel" in v.path else 1))
+    plain.set_weights(fast.get_weights())
+
+    graph = tf.function(lambda t: fast(t, training=False)).get_concrete_function(tf.TensorSpec(x.shape)).graph
+    assert "BatchMatMulV2" in {op.type for op in graph.get_operations()}
+    for ours, theirs in zip(fast(x, training=False), plain(x, training=False)):
+        ours, theirs = ours.numpy(), theirs.numpy()
+        assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
+        assert not np.array_equal(ours, theirs)
+    for ours, theirs in zip(fast(x, training=True), plain(x, training=True)):  # batch statistics, direct
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert BoxHead.from_config(fast.get_config()).winograd

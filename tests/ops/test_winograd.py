@@ -75,3 +75,15 @@ def test_when_it_applies():
     assert winograd.winograd_applies(512, 7, 7) is False  # ROI heads
     assert winograd.winograd_applies(256, None, 34) is None  # decided at run time
     assert winograd.winograd_applies(256, 200, 272, min_pixels=0) is False  # off
+
+
+@pytest.mark.parametrize("size", [7, 5, 1, 8, 3, 14])
+def test_pixel_major_form_equals_direct_convolution(size):
+    rng = np.random.default_rng(size)
+    x = rng.normal(size=(6, size, size, 16)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 16, 8)).astype(np.float32)
+    pixel_major = np.ascontiguousarray(x.reshape(6, size * size, 16).transpose(1, 0, 2))  # [P*P, N, C]
+    ours = winograd.conv3x3_winograd_pixel_major(tf.constant(pixel_major), tf.constant(kernel), size).numpy()
+    assert ours.shape == (size * size, 6, 8)
+    ours = ours.transpose(1, 0, 2).reshape(6, size, size, 8)
+    assert _relative_error(ours, _np_conv3x3_same(x, kernel)) < TOL
